@@ -1,0 +1,31 @@
+# Two commands for a fresh machine:  make demo  |  make test
+# Both create (or reuse) the virtual environment .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Without a GPU, pin the CPU build of torch (see constraints-cpu.txt).
+CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test install bench clean
+
+$(VENV)/.installed: setup.py constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) launch.py --config demo.yaml --train
+
+test: install
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+bench: install
+	$(PY) benchmarks/bench_hashgrid.py
+	$(PY) benchmarks/bench_renderer.py
+	$(PY) benchmarks/bench_demo.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

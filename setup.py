@@ -1,0 +1,38 @@
+"""Package metadata for threestudio_like.
+
+On a CPU-only machine install with the constraint file so that pip keeps the CPU build of torch:
+``pip install -c constraints-cpu.txt -e ".[test]"`` (``make test`` does this for you).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="threestudio_like",
+    version="0.1.0",
+    description="Text/image-to-3D by distilling diffusion priors into a hash-grid NeRF.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "omegaconf>=2.3,<3",
+        "pytorch-lightning>=2.1,<3",
+        "nerfacc>=0.5.2,<0.6",
+        "PyMCubes>=0.1.4",
+        "trimesh>=4.0",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.4.9",
+        "rich>=13",
+        "tensorboard>=2.14",
+        "diffusers>=0.30",
+        "transformers>=4.40,<6",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "gpu": ["tinycudann"],
+    },
+    entry_points={"console_scripts": ["threestudio-like=threestudio_like.cli:main"]},
+)

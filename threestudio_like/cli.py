@@ -1,0 +1,156 @@
+"""Command line: ``python launch.py --config X.yaml (--train|--validate|--test|--export) [k=v ...]``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import warnings
+from typing import List, Optional, Sequence
+
+USAGE_EXAMPLES = """examples:
+  python launch.py --config demo.yaml --train
+  python launch.py --config mvdream-sd21.yaml --train prompt="a DSLR photo of a corgi"
+  python launch.py --config outputs/<name>/<trial>/configs/parsed.yaml --train resume=outputs/<name>/<trial>/ckpts/last.ckpt
+  python launch.py --config demo.yaml --export resume=outputs/<name>/<trial>/ckpts/last.ckpt
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Distil a diffusion prior into a NeRF; export meshes and turntable videos.",
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="recipe: a path or a file name in configs/")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train, then write the turntable and mesh")
+    mode.add_argument("--validate", action="store_true", help="render validation views from resume=<ckpt>")
+    mode.add_argument("--test", action="store_true", help="render the turntable video from resume=<ckpt>")
+    mode.add_argument("--export", action="store_true", help="export the mesh from resume=<ckpt>")
+    parser.add_argument("--gpu", default="0", help="GPU ids, e.g. 0 or 0,1 (ignored without CUDA)")
+    parser.add_argument("--verbose", action="store_true", help="show library warnings and debug logs")
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG)
+        return
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = build_parser().parse_known_args(argv)
+    unknown_flags = [e for e in extras if e.startswith("--")]
+    if unknown_flags:
+        print(f"error: unknown option(s) {unknown_flags}; config overrides are key=value.", file=sys.stderr)
+        return 2
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and args.gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    _quiet_libraries(args.verbose)
+
+    from threestudio_like.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, extras)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.train and not cfg.resume:
+        print("error: --validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt",
+              file=sys.stderr)
+        return 2
+    return run(cfg, args, argv)
+
+
+def run(cfg, args, argv: Sequence[str]) -> int:
+    """Build data and system from a validated config and run the requested mode."""
+    import pytorch_lightning as pl
+    import torch
+
+    from threestudio_like import find
+    from threestudio_like.config import ConfigError, dump_parsed
+    from threestudio_like.systems.base import NonFiniteLossError
+    from threestudio_like.systems.callbacks import AtomicCheckpoint, DiskFullError, StepProgress
+
+    trial = cfg.trial_dir
+    os.makedirs(trial, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    try:
+        dm = find(cfg.data_type)(cfg.data)
+        system = find(cfg.system_type)(cfg.system)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    system.set_save_dir(os.path.join(trial, "save"))
+
+    use_gpu = torch.cuda.is_available()
+    trainer_args = dict(cfg.trainer)
+    if not use_gpu and "16" in str(trainer_args.get("precision", "32")):
+        trainer_args["precision"] = "32-true"  # half precision is slow or unsupported on CPU
+    if "val_check_interval" in trainer_args:
+        trainer_args.setdefault("check_val_every_n_epoch", None)
+    ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
+    callbacks = [ckpt_cb, StepProgress()] if args.train else []
+    loggers = []
+    if args.train:
+        dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
+        with open(os.path.join(trial, "cmd.txt"), "a") as f:
+            f.write("python launch.py " + " ".join(shlex.quote(a) for a in argv) + "\n")
+        from pytorch_lightning.loggers import CSVLogger
+
+        loggers.append(CSVLogger(trial, name="logs", version="csv"))
+        try:
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(trial, name="logs", version="tb"))
+        except (ImportError, ModuleNotFoundError):
+            pass
+    trainer = pl.Trainer(
+        accelerator="gpu" if use_gpu else "cpu",
+        devices=-1 if use_gpu else 1,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )
+    print(f"Trial directory: {trial}")
+    try:
+        if args.train:
+            trainer.fit(system, dm, ckpt_path=cfg.resume)
+            trainer.test(system, dm, verbose=False)
+            trainer.predict(system, dm, return_predictions=False)
+        elif args.validate:
+            trainer.validate(system, dm, ckpt_path=cfg.resume, verbose=False)
+        elif args.test:
+            trainer.test(system, dm, ckpt_path=cfg.resume, verbose=False)
+        elif args.export:
+            trainer.predict(system, dm, ckpt_path=cfg.resume, return_predictions=False)
+    except NonFiniteLossError as exc:
+        kept = ckpt_cb.last_path if os.path.exists(ckpt_cb.last_path) else "none saved yet"
+        print(f"error: non-finite loss: {exc}\nLast good checkpoint: {kept}", file=sys.stderr)
+        return 1
+    except DiskFullError as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Done. Outputs in {trial}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

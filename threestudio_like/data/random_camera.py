@@ -1,0 +1,274 @@
+"""Random cameras around the object (single-view and multi-view groups) and turntables.
+
+Training batches hold ``batch_size`` views. With ``n_view > 1`` they are ``batch_size // n_view``
+objects' worth of view groups, contiguous in the batch: the views of one group share elevation,
+fov, distance and perturbations, and their azimuths are ``360 / n_view`` degrees apart (MVDream).
+Resolution and batch size may be lists switched at ``resolution_milestones`` (progressive
+training). All cameras follow :mod:`threestudio_like.cameras`.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from threestudio_like import register
+from threestudio_like.base import Updateable
+from threestudio_like.cameras import (
+    deg2rad,
+    focal_from_fovy,
+    get_rays,
+    look_at,
+    mvp_matrix,
+    projection_matrix,
+    ray_directions,
+    spherical_to_position,
+)
+from threestudio_like.config import ConfigError, parse_structured
+
+
+@dataclass
+class RandomCameraConfig:
+    height: Any = 64
+    """Training render height; a list switches at ``resolution_milestones``."""
+    width: Any = 64
+    batch_size: Any = 1
+    """Views per training batch (a multiple of ``n_view``); may be a list like height."""
+    resolution_milestones: List[int] = field(default_factory=list)
+    n_view: int = 1
+    """Views per object: 1 for single-view priors, 4 for multi-view priors (90 degrees apart)."""
+    elevation_range: Tuple[float, float] = (-10.0, 90.0)
+    azimuth_range: Tuple[float, float] = (-180.0, 180.0)
+    camera_distance_range: Tuple[float, float] = (1.0, 1.5)
+    fovy_range: Tuple[float, float] = (40.0, 70.0)
+    relative_radius: bool = False
+    """Scale distances by 1/tan(fovy/2) so the object keeps its size in the image (MVDream)."""
+    camera_perturb: float = 0.1
+    center_perturb: float = 0.2
+    up_perturb: float = 0.02
+    light_position_perturb: float = 1.0
+    light_distance_range: Tuple[float, float] = (0.8, 1.5)
+    batch_uniform_azimuth: bool = True
+    """Stratify azimuths over the batch instead of drawing them independently."""
+    eval_height: int = 512
+    eval_width: int = 512
+    eval_batch_size: int = 1
+    n_val_views: int = 1
+    n_test_views: int = 120
+    eval_elevation_deg: float = 15.0
+    eval_camera_distance: float = 1.5
+    eval_fovy_deg: float = 70.0
+    eval_relative_radius: bool = False
+    """Apply ``relative_radius`` to the evaluation distance too."""
+
+
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, (int, float, str)) else list(value)
+
+
+def make_batch(
+    elevation: torch.Tensor,
+    azimuth: torch.Tensor,
+    distance: torch.Tensor,
+    fovy: torch.Tensor,
+    height: int,
+    width: int,
+    positions: Optional[torch.Tensor] = None,
+    center: Optional[torch.Tensor] = None,
+    up: Optional[torch.Tensor] = None,
+    light_positions: Optional[torch.Tensor] = None,
+) -> Dict[str, Any]:
+    """A batch dict for cameras given in degrees (elevation, azimuth, fovy) and distances.
+
+    ``positions``/``center``/``up`` override the exact spherical pose (training perturbations);
+    the angles then describe the unperturbed camera.
+    """
+    if positions is None:
+        positions = spherical_to_position(deg2rad(elevation), deg2rad(azimuth), distance)
+    c2w = look_at(positions, center, up)
+    fovy_rad = deg2rad(fovy)
+    focal = focal_from_fovy(height, fovy_rad)
+    directions = ray_directions(height, width, 1.0)[None].repeat(len(focal), 1, 1, 1)
+    directions[..., :2] = directions[..., :2] / focal[:, None, None, None]
+    rays_o, rays_d = get_rays(directions, c2w)
+    proj = projection_matrix(fovy_rad, width / height)
+    return {
+        "rays_o": rays_o,
+        "rays_d": rays_d,
+        "c2w": c2w,
+        "mvp_mtx": mvp_matrix(c2w, proj),
+        "camera_positions": positions,
+        "light_positions": positions if light_positions is None else light_positions,
+        "elevation": elevation,
+        "azimuth": azimuth,
+        "camera_distances": distance,
+        "fovy": fovy,
+        "height": height,
+        "width": width,
+    }
+
+
+class RandomCameraIterableDataset(IterableDataset, Updateable):
+    """Endless random training cameras; resolution follows the training step."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.heights = [int(h) for h in _as_list(cfg.height)]
+        self.widths = [int(w) for w in _as_list(cfg.width)]
+        self.batch_sizes = [int(b) for b in _as_list(cfg.batch_size)]
+        n = len(self.heights)
+        if not (len(self.widths) == n and len(self.batch_sizes) in (1, n)):
+            raise ConfigError("data.height, data.width (and a list batch_size) must have the same length.")
+        if len(self.batch_sizes) == 1:
+            self.batch_sizes = self.batch_sizes * n
+        if len(cfg.resolution_milestones) != n - 1:
+            raise ConfigError(
+                f"data.resolution_milestones needs {n - 1} step(s) for {n} resolutions, "
+                f"got {list(cfg.resolution_milestones)}."
+            )
+        for b in self.batch_sizes:
+            if b % cfg.n_view != 0:
+                raise ConfigError(f"data.batch_size={b} is not a multiple of data.n_view={cfg.n_view}.")
+        self.level = 0
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.level = bisect.bisect_right(list(self.cfg.resolution_milestones), global_step)
+
+    @property
+    def height(self) -> int:
+        return self.heights[self.level]
+
+    @property
+    def width(self) -> int:
+        return self.widths[self.level]
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_sizes[self.level]
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        while True:
+            yield {}
+
+    def collate(self, _items: list) -> Dict[str, Any]:
+        cfg = self.cfg
+        n_view = cfg.n_view
+        n_obj = self.batch_size // n_view
+
+        def per_object(values: torch.Tensor) -> torch.Tensor:
+            return values.repeat_interleave(n_view, dim=0)
+
+        e0, e1 = cfg.elevation_range
+        if random.random() < 0.5:  # uniform in degrees
+            elevation = torch.rand(n_obj) * (e1 - e0) + e0
+        else:  # uniform on the sphere
+            s0, s1 = math.sin(math.radians(e0)), math.sin(math.radians(e1))
+            elevation = torch.rad2deg(torch.asin(torch.rand(n_obj) * (s1 - s0) + s0))
+        a0, a1 = cfg.azimuth_range
+        if n_view > 1:
+            offsets = (torch.rand(n_obj)[:, None] + torch.arange(n_view)[None]) / n_view
+            azimuth = (offsets * (a1 - a0) + a0).reshape(-1)
+        elif cfg.batch_uniform_azimuth:
+            azimuth = (torch.rand(n_obj) + torch.arange(n_obj)) / n_obj * (a1 - a0) + a0
+        else:
+            azimuth = torch.rand(n_obj) * (a1 - a0) + a0
+        fovy = torch.rand(n_obj) * (cfg.fovy_range[1] - cfg.fovy_range[0]) + cfg.fovy_range[0]
+        d0, d1 = cfg.camera_distance_range
+        distance = torch.rand(n_obj) * (d1 - d0) + d0
+        if cfg.relative_radius:
+            distance = distance / torch.tan(deg2rad(fovy) / 2)
+        elevation, fovy, distance = per_object(elevation), per_object(fovy), per_object(distance)
+
+        pos = spherical_to_position(deg2rad(elevation), deg2rad(azimuth), distance)
+        pos = pos + per_object((torch.rand(n_obj, 3) * 2 - 1) * cfg.camera_perturb)
+        center = per_object(torch.randn(n_obj, 3) * cfg.center_perturb)
+        up = torch.tensor([0.0, 0.0, 1.0]) + per_object(torch.randn(n_obj, 3) * cfg.up_perturb)
+        light_dir = F.normalize(pos + torch.randn(len(pos), 3) * cfg.light_position_perturb, dim=-1)
+        l0, l1 = cfg.light_distance_range
+        light = light_dir * (torch.rand(len(pos), 1) * (l1 - l0) + l0)
+
+        batch = make_batch(
+            elevation, azimuth, distance, fovy, self.height, self.width,
+            positions=pos, center=center, up=up, light_positions=light,
+        )
+        batch["n_views"] = n_view
+        return batch
+
+
+class OrbitDataset(Dataset):
+    """Evaluation cameras on a circle at fixed elevation: validation views or the turntable.
+
+    The first view looks at the front (azimuth 0); views are evenly spaced and the last one
+    stops short of 360 degrees, so the turntable video loops without a repeated frame.
+    """
+
+    def __init__(self, cfg: Any, n_views: int) -> None:
+        self.cfg = cfg
+        self.n_views = n_views
+        azimuth = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
+        elevation = torch.full_like(azimuth, cfg.eval_elevation_deg)
+        fovy = torch.full_like(azimuth, cfg.eval_fovy_deg)
+        distance = torch.full_like(azimuth, cfg.eval_camera_distance)
+        if cfg.eval_relative_radius:
+            distance = distance / torch.tan(deg2rad(fovy) / 2)
+        self.batch = make_batch(elevation, azimuth, distance, fovy, cfg.eval_height, cfg.eval_width)
+
+    def __len__(self) -> int:
+        return self.n_views
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        item = {
+            k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in self.batch.items()
+        }
+        item["index"] = index
+        return item
+
+    def collate(self, items: list) -> Dict[str, Any]:
+        out = torch.utils.data.default_collate(items)
+        out["height"] = self.cfg.eval_height
+        out["width"] = self.cfg.eval_width
+        out["n_views"] = 1
+        return out
+
+
+@register("random-camera-datamodule")
+class RandomCameraDataModule(pl.LightningDataModule):
+    """Random training cameras (single or multi-view groups), orbit validation, turntable test."""
+
+    Config = RandomCameraConfig
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.train_dataset = RandomCameraIterableDataset(self.cfg)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset, batch_size=1, num_workers=0,
+            collate_fn=self.train_dataset.collate,
+        )
+
+    def _eval_loader(self, n_views: int) -> DataLoader:
+        dataset = OrbitDataset(self.cfg, n_views)
+        return DataLoader(
+            dataset, batch_size=self.cfg.eval_batch_size, num_workers=0,
+            collate_fn=dataset.collate, shuffle=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.cfg.n_val_views)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.cfg.n_test_views)
+
+    def predict_dataloader(self) -> DataLoader:
+        # Export needs no cameras; one item drives a single predict step.
+        return self._eval_loader(1)

@@ -1,0 +1,2 @@
+"""Guidance modules (frozen priors) and the shared distillation math."""
+from threestudio_like.guidance import reference_object  # noqa: F401  (registers guidances)

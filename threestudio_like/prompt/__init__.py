@@ -1,0 +1,1 @@
+"""Condition processors (text prompts -> embeddings). Recipes with text priors add theirs here."""

@@ -1,0 +1,277 @@
+"""Lightning systems: the base lift-3D system that composes every part from config.
+
+``BaseLift3DSystem`` builds geometry, material, background, renderer, guidance, the condition
+(prompt or image) processor and the exporter by registry name, wires losses by name
+(``loss_X`` times the scheduled ``lambda_X``), saves validation grids, the turntable video and
+the mesh, and keeps guidance weights out of checkpoints. Concrete systems implement
+``training_step``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from threestudio_like import find
+from threestudio_like.base import Updateable
+from threestudio_like.config import ConfigError, parse_structured, schedule_value
+from threestudio_like.utils import saving
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/Inf: training stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "Adam"
+    """A torch.optim class name (Adam, AdamW, Adamax, SGD, ...)."""
+    args: dict = field(default_factory=dict)
+    """Keyword arguments of the optimiser (lr, betas, eps, weight_decay)."""
+    params: dict = field(default_factory=dict)
+    """Per-part settings by attribute path, e.g. {geometry.encoding: {lr: 0.01}}; parts not
+    listed are frozen. Empty: every trainable parameter with ``args``."""
+
+
+class BaseLift3DSystem(pl.LightningModule, Updateable):
+    @dataclass
+    class Config:
+        geometry_type: str = "hashgrid-implicit-volume"
+        geometry: dict = field(default_factory=dict)
+        material_type: str = "no-material"
+        material: dict = field(default_factory=dict)
+        background_type: str = "solid-color-background"
+        background: dict = field(default_factory=dict)
+        renderer_type: str = "nerf-volume-renderer"
+        renderer: dict = field(default_factory=dict)
+        guidance_type: str = ""
+        guidance: dict = field(default_factory=dict)
+        prompt_processor_type: str = ""
+        """Condition processor (text prompts); empty for priors that need none."""
+        prompt_processor: dict = field(default_factory=dict)
+        exporter_type: str = "mesh-exporter"
+        exporter: dict = field(default_factory=dict)
+        loss: dict = field(default_factory=dict)
+        """Loss weights ``lambda_<name>`` (numbers or schedules) for every ``loss_<name>``."""
+        optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+        test_formats: List[str] = field(default_factory=lambda: ["mp4"])
+        """Turntable outputs written by --test: mp4 and/or gif."""
+        test_fps: int = 30
+
+    cfg: Config
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.save_dir = "save"
+        self._resumed_step = 0
+        self._guidance = None
+        self._condition = None
+        self.configure()
+
+    # ---------------------------------------------------------------- composition
+    def configure(self) -> None:
+        cfg = self.cfg
+        self.geometry = find(cfg.geometry_type)(cfg.geometry)
+        self.material = find(cfg.material_type)(cfg.material)
+        self.background = find(cfg.background_type)(cfg.background)
+        self.renderer = find(cfg.renderer_type)(
+            cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
+        )
+        self.exporter = find(cfg.exporter_type)(cfg.exporter) if cfg.exporter_type else None
+        self._check_loss_weights()
+
+    @property
+    def guidance(self) -> Any:
+        """The frozen prior, built on first use (eval modes never load its weights)."""
+        if self._guidance is None and self.cfg.guidance_type:
+            self._guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
+            self._guidance.do_update_step(self.current_epoch_safe, self.true_global_step)
+        return self._guidance
+
+    @property
+    def condition(self) -> Any:
+        """Prompt embeddings (or other condition) given to the guidance; None if unused."""
+        if self._condition is None and self.cfg.prompt_processor_type:
+            self._condition = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)()
+        return self._condition
+
+    def _check_loss_weights(self) -> None:
+        for key in self.cfg.loss:
+            if not key.startswith("lambda_"):
+                raise ConfigError(
+                    f"system.loss.{key}: loss weights are named lambda_<loss>, e.g. lambda_sds."
+                )
+
+    def set_save_dir(self, path: str) -> None:
+        self.save_dir = path
+
+    def save_path(self, name: str) -> str:
+        path = os.path.join(self.save_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    # ---------------------------------------------------------------- steps and schedules
+    @property
+    def true_global_step(self) -> int:
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            return trainer.global_step
+        return max(self._resumed_step, trainer.global_step if trainer is not None else 0)
+
+    @property
+    def current_epoch_safe(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    def C(self, value: Any) -> float:
+        return schedule_value(value, self.current_epoch_safe, self.true_global_step)
+
+    def _update_all(self, on_load_weights: bool = False) -> None:
+        epoch, step = self.current_epoch_safe, self.true_global_step
+        self.do_update_step(epoch, step, on_load_weights=on_load_weights)
+        if self._guidance is not None:
+            self._guidance.do_update_step(epoch, step, on_load_weights=on_load_weights)
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        dataset = getattr(dm, "train_dataset", None)
+        if isinstance(dataset, Updateable):
+            dataset.do_update_step(epoch, step, on_load_weights=on_load_weights)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._update_all()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.do_update_step_end(self.current_epoch_safe, self.true_global_step)
+
+    def _updateable_children(self):
+        # Guidance and datamodule are ticked explicitly in _update_all.
+        for part in (self.geometry, self.material, self.background, self.renderer):
+            yield part
+
+    # ---------------------------------------------------------------- losses
+    def combine_losses(self, terms: Dict[str, Tensor]) -> Tensor:
+        """Sum ``lambda_X * loss_X``; log each term; stop on NaN/Inf."""
+        total = None
+        for name, value in terms.items():
+            key = "lambda_" + name[len("loss_"):]
+            if key not in self.cfg.loss:
+                raise ConfigError(
+                    f"The loss '{name}' has no weight: set system.loss.{key} (0 to disable)."
+                )
+            weight = self.C(self.cfg.loss[key])
+            self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=False)
+            if weight == 0:
+                continue
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(
+                    f"{name} = {value.item()} at step {self.true_global_step}. Training stopped; "
+                    f"the last good checkpoint is kept. Lower the learning rate or "
+                    f"grad_clip, or check the inputs, then resume."
+                )
+            total = value * weight if total is None else total + value * weight
+        if total is None:
+            raise ConfigError("Every loss weight is 0: nothing to optimise.")
+        self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
+        return total
+
+    def regularisers(self, out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Geometry regularisers, computed only while their weight is non-zero."""
+        terms: Dict[str, Tensor] = {}
+        loss = self.cfg.loss
+        if self.C(loss.get("lambda_sparsity", 0)) > 0:
+            terms["loss_sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+        if self.C(loss.get("lambda_opaque", 0)) > 0:
+            o = out["opacity"].clamp(1e-3, 1 - 1e-3)
+            terms["loss_opaque"] = F.binary_cross_entropy(o, o)
+        if self.C(loss.get("lambda_orient", 0)) > 0:
+            if "normal" not in out:
+                raise ConfigError(
+                    "lambda_orient > 0 needs normals: set system.geometry.normal_type "
+                    "(analytic or finite_difference)."
+                )
+            w, n, d = out["weights"].detach(), out["normal"], out["t_dirs"]
+            terms["loss_orient"] = (
+                w * (n * d).sum(-1, keepdim=True).clamp_min(0) ** 2
+            ).sum() / (out["opacity"] > 0).sum().clamp_min(1)
+        return terms
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        ocfg = self.cfg.optimizer
+        try:
+            optim_cls = getattr(torch.optim, ocfg.name)
+        except AttributeError:
+            raise ConfigError(f"system.optimizer.name: torch.optim has no '{ocfg.name}'.") from None
+        args = dict(ocfg.args)
+        if ocfg.params:
+            groups = []
+            for path, group_args in ocfg.params.items():
+                module = self
+                for attr in str(path).split("."):
+                    if not hasattr(module, attr):
+                        raise ConfigError(f"system.optimizer.params: '{path}' is not a part of the system.")
+                    module = getattr(module, attr)
+                params = [p for p in module.parameters() if p.requires_grad] if hasattr(module, "parameters") else [module]
+                if params:
+                    groups.append({"params": params, "name": str(path), **dict(group_args)})
+        else:
+            groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        return optim_cls(groups, **args)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("guidance.") or k.startswith("_guidance.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self._resumed_step = int(checkpoint.get("global_step", 0))
+        epoch = int(checkpoint.get("epoch", 0))
+        self.do_update_step(epoch, self._resumed_step, on_load_weights=True)
+
+    # ---------------------------------------------------------------- evaluation
+    def render_eval(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        return self.renderer(**batch)
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        out = self.render_eval(batch)
+        for i in range(out["comp_rgb"].shape[0]):
+            index = int(batch["index"][i]) if "index" in batch else batch_idx
+            panels = [out["comp_rgb"][i]]
+            if "comp_normal" in out:
+                panels.append(out["comp_normal"][i])
+            panels.append(out["opacity"][i])
+            panels.append(saving.normalize_depth(out["depth"][i], out["opacity"][i]))
+            saving.save_image_grid(self.save_path(f"it{self.true_global_step}-{index}.png"), panels)
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        out = self.render_eval(batch)
+        for i in range(out["comp_rgb"].shape[0]):
+            index = int(batch["index"][i])
+            saving.save_image(self.save_path(f"it{self.true_global_step}-test/{index}.png"), out["comp_rgb"][i])
+
+    def on_test_epoch_end(self) -> None:
+        folder = self.save_path(f"it{self.true_global_step}-test")
+        frames = saving.frame_paths(folder)
+        for fmt in self.cfg.test_formats:
+            if fmt not in ("mp4", "gif"):
+                raise ConfigError(f"system.test_formats: '{fmt}' is not mp4 or gif.")
+            path = saving.save_video(f"{folder}.{fmt}", frames, fps=self.cfg.test_fps)
+            print(f"Turntable written: {path}")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
+        return None
+
+    def on_predict_epoch_end(self) -> None:
+        if self.exporter is None:
+            return
+        out_dir = self.save_path(f"it{self.true_global_step}-export/placeholder")
+        out_dir = os.path.dirname(out_dir)
+        for path in self.exporter(self.geometry, self.material, out_dir):
+            print(f"Mesh written: {path}")

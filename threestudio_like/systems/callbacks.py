@@ -1,0 +1,133 @@
+"""Training callbacks: atomic checkpoints (periodic, on Ctrl-C, at the end) and progress."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+
+class DiskFullError(OSError):
+    """Saving a checkpoint failed for lack of space; the previous checkpoint is intact."""
+
+
+class AtomicCheckpoint(Callback):
+    """Writes ``ckpts/last.ckpt`` every N steps, on Ctrl-C/SIGTERM and at the end of training.
+
+    Each save goes to a temporary file first and replaces ``last.ckpt`` only when complete, so
+    an interrupted or failed save (a full disk) never leaves a broken checkpoint behind.
+    A NaN/Inf loss stops training *without* saving: ``last.ckpt`` stays the last good state.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500, keep_step_copies: bool = False) -> None:
+        self.dirpath = dirpath
+        self.every = max(int(every_n_train_steps), 0)
+        self.keep_step_copies = keep_step_copies
+        self.last_saved_step: Optional[int] = None
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.dirpath, "last.ckpt")
+
+    def save(self, trainer: pl.Trainer) -> str:
+        os.makedirs(self.dirpath, exist_ok=True)
+        tmp = self.last_path + ".tmp"
+        try:
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, self.last_path)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    exc.errno,
+                    f"No space left to save a checkpoint in {self.dirpath}. The previous "
+                    f"checkpoint is intact; free some space and resume with "
+                    f"resume={self.last_path}",
+                ) from None
+            raise
+        if self.keep_step_copies:
+            step_path = os.path.join(self.dirpath, f"step={trainer.global_step}.ckpt")
+            with open(self.last_path, "rb") as src, open(step_path + ".tmp", "wb") as dst:
+                dst.write(src.read())
+            os.replace(step_path + ".tmp", step_path)
+        self.last_saved_step = trainer.global_step
+        return self.last_path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step > 0 and step % self.every == 0 and step != self.last_saved_step:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.global_step != self.last_saved_step:
+            self.save(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
+        if interrupted and trainer.training and trainer.global_step != self.last_saved_step:
+            path = self.save(trainer)
+            print(f"\nInterrupted at step {trainer.global_step}: saved {path}. "
+                  f"Continue with resume={path}", file=sys.stderr)
+
+
+class StepProgress(Callback):
+    """A progress bar over training *steps* with step/s, ETA and the loss.
+
+    On a terminal it is a live rich bar; otherwise (logs, CI) it prints one line every
+    ``print_every`` steps so that progress is still visible.
+    """
+
+    def __init__(self, print_every: int = 50) -> None:
+        self.print_every = print_every
+        self.progress = None
+        self.task = None
+        self.start_time = 0.0
+        self.start_step = 0
+
+    def _loss(self, trainer: pl.Trainer) -> str:
+        value = trainer.callback_metrics.get("train/loss")
+        return f"{float(value):.4g}" if value is not None else "-"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.start_time = time.time()
+        self.start_step = trainer.global_step
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if sys.stdout.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} step/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, completed=trainer.global_step,
+                                               rate="-", loss="-")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        rate = (step - self.start_step) / elapsed
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, rate=f"{rate:.2f}", loss=self._loss(trainer))
+        elif step % self.print_every == 0 or step == trainer.max_steps:
+            remaining = (trainer.max_steps - step) / rate if rate > 0 and trainer.max_steps > 0 else float("nan")
+            print(f"step {step}/{trainer.max_steps}  {rate:.2f} step/s  ETA {remaining:.0f}s  "
+                  f"loss {self._loss(trainer)}", flush=True)
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        self._stop()

@@ -1,0 +1,1 @@
+"""Small shared helpers (image/video saving, errors)."""
