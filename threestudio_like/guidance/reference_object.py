@@ -101,6 +101,19 @@ class ReferenceObjectGeometry(BaseModule):
     def export(self, points: Tensor) -> Dict[str, Tensor]:
         return {"features": self.colour(points, self.sdf(points)[1])}
 
+    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None):
+        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``)."""
+        from threestudio_like.geometry.isosurface import marching_cubes
+
+        r = self.cfg.radius
+        return marching_cubes(
+            lambda x: self.forward_density(x)[..., 0],
+            resolution or 128,
+            (-r, -r, -r),
+            (r, r, r),
+            self.cfg.isosurface_threshold if threshold is None else threshold,
+        )
+
 
 @register("reference-object-guidance")
 class ReferenceObjectGuidance(BaseGuidance):
@@ -145,6 +158,7 @@ class ReferenceObjectGuidance(BaseGuidance):
                 "num_samples_per_ray": self.cfg.num_samples_per_ray,
                 "randomized": False,
                 "eval_chunk_size": self.cfg.render_chunk,
+                "occ_grid_resolution": 64,
             },
             geometry=geometry,
             material=material,
@@ -157,7 +171,9 @@ class ReferenceObjectGuidance(BaseGuidance):
         if self._grid_ready_for == device:
             return
         self.renderer.to(device)
-        self.renderer.refresh_occupancy(full=True)
+        # A few full passes (random points inside every cell) so thin parts are not missed.
+        for _ in range(4):
+            self.renderer.update_occupancy_grid(0, force=True)
         self._grid_ready_for = device
 
     @torch.no_grad()
@@ -196,6 +212,4 @@ class ReferenceObjectGuidance(BaseGuidance):
             x0 = D.exact_posterior_mean(x_t, alpha, sigma, target[:, None])
             return D.eps_from_x0(x_t, x0, t, self.alphas_cumprod)
 
-        out = self.sds(latents, predict_noise)
-        out["reference_rgb"] = (target.detach() + 1) / 2
-        return out
+        return self.sds(latents, predict_noise)
