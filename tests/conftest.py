@@ -35,6 +35,7 @@ TINY_OVERRIDES = [
     "system.geometry.pos_encoding_config.log2_hashmap_size=10",
     "system.geometry.mlp_network_config.n_neurons=8",
     "system.geometry.isosurface_resolution=32",
+    "system.geometry.isosurface_threshold=auto",
     "system.renderer.num_samples_per_ray=32",
     "system.guidance.resolution=16",
     "system.guidance.num_samples_per_ray=32",
@@ -42,4 +43,5 @@ TINY_OVERRIDES = [
     "trainer.val_check_interval=2",
     "checkpoint.every_n_train_steps=2",
     "system.test_fps=4",
+    "trainer.log_every_n_steps=1",
 ]

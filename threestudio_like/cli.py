@@ -39,6 +39,8 @@ def _quiet_libraries(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.DEBUG)
         return
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' levels on import)
+
     for name in ("pytorch_lightning", "lightning_fabric", "lightning", "torch._dynamo"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -78,6 +80,7 @@ def run(cfg, args, argv: Sequence[str]) -> int:
 
     from threestudio_like import find
     from threestudio_like.config import ConfigError, dump_parsed
+    from threestudio_like.geometry.isosurface import IsosurfaceError
     from threestudio_like.systems.base import NonFiniteLossError
     from threestudio_like.systems.callbacks import AtomicCheckpoint, DiskFullError, StepProgress
 
@@ -148,6 +151,11 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except IsosurfaceError as exc:
+        saved = f" The checkpoint {ckpt_cb.last_path} is saved;" if os.path.exists(ckpt_cb.last_path) else ""
+        print(f"error: mesh export failed: {exc}{saved} re-run with --export and the suggested "
+              f"threshold.", file=sys.stderr)
+        return 1
     print(f"Done. Outputs in {trial}")
     return 0
 

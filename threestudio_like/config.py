@@ -131,7 +131,9 @@ def check_keys(cls: type, cfg: Any, where: str = "") -> None:
                     raise ConfigError(f"{_join(where, key + '_type')}: {exc.args[0]}") from None
                 check_keys(part_cls.Config, value, _join(where, key))
     for key in names:
-        if key.endswith("_type") and key in cfg and cfg[key]:
+        # Only ``<part>_type`` keys with a sibling ``<part>`` config name registered parts
+        # (``normal_type: analytic`` is a plain option).
+        if key.endswith("_type") and key[: -len("_type")] in names and key in cfg and cfg[key]:
             try:
                 find(cfg[key])
             except KeyError as exc:

@@ -1,0 +1,465 @@
+"""Multi-resolution hash encoding (Instant-NGP) with tiny-cuda-nn semantics.
+
+Two backends compute the same function from the same parameters:
+
+* ``"torch"``: a vectorised pure-PyTorch implementation (CPU or CUDA). It is twice
+  differentiable (analytic normals with ``create_graph=True`` work).
+* ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only), built lazily on first use.
+
+``backend="auto"`` takes tcnn when ``tinycudann`` imports *and* the input lives on CUDA, else torch.
+
+tiny-cuda-nn semantics reproduced here (``include/tiny-cuda-nn/encodings/grid.h`` and
+``common_device.h``; values computed in float32 like tcnn):
+
+* level ``l``: ``scale = exp2(l * log2(per_level_scale)) * base_resolution - 1``,
+  ``resolution = ceil(scale) + 1``;
+* a point ``x`` in ``[0,1]^D`` maps to ``pos = x * scale + 0.5``; ``floor(pos)`` is the lower grid
+  corner, ``pos - floor(pos)`` the N-linear interpolation weight;
+* table entries per level: ``min(next_multiple_of_8(resolution^D), 2^log2_hashmap_size)``;
+* a level is indexed densely (row-major, x fastest: ``x + y*res + z*res^2``) when
+  ``resolution^D`` fits its table, else by the spatial hash
+  ``(x*1) ^ (y*2654435761) ^ (z*805459861)`` (uint32 wrap-around); either index is taken
+  ``% table_size``;
+* parameters start uniform in ``[-1e-4, 1e-4]``.
+
+Parameter layout (identical for both backends): one flat ``params`` tensor of
+``sum(table_size) * n_features_per_level`` floats, level after level, entry-major
+(``params[(level_offset + index) * F + feature]``), i.e. exactly tcnn's ``Encoding.params``. A
+state dict saved with one backend loads into the other.
+
+Two deliberate deviations from raw tcnn, applied to both backends: inputs are clamped to
+``[0,1]`` (tcnn wraps out-of-range coordinates around, which is meaningless), and a progressive
+band mask is applied to the output (as threestudio's ``ProgressiveBandHashGrid``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from threestudio_like.base import Updateable
+
+# tcnn's coherent prime hash factors (first one is 1 on purpose: memory coherence along x).
+HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+# Corner-elements (points x levels x corners) processed per level block by the torch backend;
+# bounds the int64 index / gathered-feature temporaries to a few hundred MB.
+_MAX_BLOCK_ELEMENTS = 2**23
+
+_tcnn_module: Any = None
+_tcnn_checked = False
+
+
+def tcnn_available() -> bool:
+    """True when ``tinycudann`` can be imported (it needs a CUDA build of torch and a GPU)."""
+    global _tcnn_module, _tcnn_checked
+    if not _tcnn_checked:
+        _tcnn_checked = True
+        try:
+            import tinycudann  # type: ignore
+
+            _tcnn_module = tinycudann
+        except Exception:  # ImportError, or EnvironmentError raised on machines without CUDA
+            _tcnn_module = None
+    return _tcnn_module is not None
+
+
+def level_layout(
+    n_input_dims: int,
+    n_levels: int,
+    log2_hashmap_size: int,
+    base_resolution: int,
+    per_level_scale: float,
+) -> List[Dict[str, Any]]:
+    """Per-level ``scale``, ``resolution``, ``table_size``, ``offset`` (in entries) and ``hashed``.
+
+    Computed in float32 exactly as tiny-cuda-nn's ``GridEncodingTemplated`` constructor does.
+    """
+    log2_pls = np.log2(np.float32(per_level_scale), dtype=np.float32)
+    max_params = np.uint32(0xFFFFFFFF) // np.uint32(2)
+    hashmap_entries = 1 << int(log2_hashmap_size)
+    levels = []
+    offset = 0
+    for level in range(n_levels):
+        scale = np.float32(
+            np.exp2(np.float32(level) * log2_pls, dtype=np.float32) * np.float32(base_resolution)
+            - np.float32(1.0)
+        )
+        resolution = int(math.ceil(float(scale))) + 1
+        dense_entries = resolution**n_input_dims
+        if float(np.float32(resolution)) ** n_input_dims > float(max_params):
+            params_in_level = int(max_params)
+        else:
+            params_in_level = dense_entries
+        params_in_level = (params_in_level + 7) // 8 * 8  # aligned memory accesses
+        table_size = min(params_in_level, hashmap_entries)
+        levels.append(
+            dict(
+                scale=float(scale),
+                resolution=resolution,
+                table_size=table_size,
+                offset=offset,
+                hashed=table_size < dense_entries,
+            )
+        )
+        offset += table_size
+    return levels
+
+
+class HashGridEncoding(nn.Module, Updateable):
+    """Multi-resolution hash grid: ``[N, D]`` points in ``[0,1]^D`` -> ``[N, n_levels * F]``.
+
+    Progressive band masking (threestudio's ``ProgressiveBandHashGrid``): with ``start_level``
+    set, only the first ``current_level`` levels are computed, the rest of the output is zero;
+    ``current_level = min(start_level + max(step - start_step, 0) // update_steps, n_levels)``
+    follows :meth:`update_step`. Unlike threestudio (whose mask is all zeros until the first
+    ``update_step``), the first ``start_level`` levels are on from construction.
+    """
+
+    def __init__(
+        self,
+        n_input_dims: int = 3,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.447269237440378,
+        backend: str = "auto",
+        start_level: Optional[int] = None,
+        start_step: int = 0,
+        update_steps: int = 1,
+    ) -> None:
+        super().__init__()
+        if backend not in ("auto", "tcnn", "torch"):
+            raise ValueError(
+                f"HashGridEncoding backend must be 'auto', 'tcnn' or 'torch', got {backend!r}."
+            )
+        if not 1 <= n_input_dims <= len(HASH_PRIMES):
+            raise ValueError(f"n_input_dims must be in 1..{len(HASH_PRIMES)}, got {n_input_dims}.")
+        if n_levels < 1 or n_features_per_level < 1:
+            raise ValueError("n_levels and n_features_per_level must be positive.")
+        if update_steps < 1:
+            raise ValueError(f"update_steps must be >= 1, got {update_steps}.")
+        self.n_input_dims = int(n_input_dims)
+        self.n_levels = int(n_levels)
+        self.n_features_per_level = int(n_features_per_level)
+        self.log2_hashmap_size = int(log2_hashmap_size)
+        self.base_resolution = int(base_resolution)
+        self.per_level_scale = float(per_level_scale)
+        self.backend = backend
+        self.n_output_dims = self.n_levels * self.n_features_per_level
+        self.progressive = start_level is not None
+        self.start_level = (
+            self.n_levels if start_level is None else min(int(start_level), self.n_levels)
+        )
+        self.start_step = int(start_step)
+        self.update_steps = int(update_steps)
+        self.current_level = self.start_level
+
+        self.levels = level_layout(
+            self.n_input_dims,
+            self.n_levels,
+            self.log2_hashmap_size,
+            self.base_resolution,
+            self.per_level_scale,
+        )
+        n_entries = self.levels[-1]["offset"] + self.levels[-1]["table_size"]
+        if n_entries >= 2**31:
+            raise ValueError(f"Hash grid too large ({n_entries} entries); indices are int32.")
+        if any(
+            lv["hashed"] and lv["table_size"] != 1 << self.log2_hashmap_size for lv in self.levels
+        ):
+            raise ValueError(
+                "Unsupported hash-grid layout: a hashed level's table is not 2^log2_hashmap_size."
+            )
+        self.n_params = n_entries * self.n_features_per_level
+        self.params = nn.Parameter(torch.empty(self.n_params, dtype=torch.float32))
+        self.reset_parameters()
+
+        # Per-level constants as non-persistent buffers so that they follow .to(device).
+        D = self.n_input_dims
+        mult = torch.zeros(self.n_levels, D, dtype=torch.int64)
+        for i, lv in enumerate(self.levels):
+            if lv["hashed"]:
+                mult[i] = torch.tensor(HASH_PRIMES[:D], dtype=torch.int64)
+            else:
+                mult[i] = torch.tensor([lv["resolution"] ** d for d in range(D)], dtype=torch.int64)
+        # float32 scales kept as their int32 bit patterns: .half()/.double() must not round them.
+        scales = torch.tensor([lv["scale"] for lv in self.levels], dtype=torch.float32)
+        self.register_buffer("_scale_bits", scales.view(torch.int32), persistent=False)
+        self.register_buffer("_multipliers", mult, persistent=False)
+        bits = torch.tensor(
+            [[(c >> (D - 1 - d)) & 1 for d in range(D)] for c in range(1 << D)], dtype=torch.int64
+        )  # [2^D, D]
+        deltas = mult @ bits.T  # dense levels: index offset of each corner from the lower corner
+        deltas[[lv["hashed"] for lv in self.levels]] = 0
+        self.register_buffer("_corner_deltas", deltas.to(torch.int32), persistent=False)  # [L, 2^D]
+        self.register_buffer(
+            "_pair_terms", torch.stack((torch.zeros_like(mult), mult), dim=-1), persistent=False
+        )  # [L, D, 2]
+        self.register_buffer(
+            "_offsets",
+            torch.tensor([lv["offset"] for lv in self.levels], dtype=torch.int32),
+            persistent=False,
+        )
+        self.register_buffer(
+            "_table_sizes",
+            torch.tensor([lv["table_size"] for lv in self.levels], dtype=torch.int32),
+            persistent=False,
+        )
+        self._tcnn_holder: Dict[str, Any] = {}  # plain dict: the tcnn module is not a child module
+
+    # ------------------------------------------------------------------------------------------
+    # parameters / schedule
+
+    def reset_parameters(self) -> None:
+        """Uniform(-1e-4, 1e-4) like tcnn's grid initialisation."""
+        with torch.no_grad():
+            self.params.uniform_(-1e-4, 1e-4)
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The parameters viewed as ``[n_entries, n_features_per_level]``."""
+        return self.params.view(-1, self.n_features_per_level)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Advance the progressive band mask (no-op unless ``start_level`` was given)."""
+        if not self.progressive:
+            return
+        self.current_level = min(
+            self.start_level + max(global_step - self.start_step, 0) // self.update_steps,
+            self.n_levels,
+        )
+
+    def extra_repr(self) -> str:
+        n_dense = sum(not lv["hashed"] for lv in self.levels)
+        return (
+            f"n_input_dims={self.n_input_dims}, n_levels={self.n_levels}, F={self.n_features_per_level}, "
+            f"log2T={self.log2_hashmap_size}, base={self.base_resolution}, "
+            f"per_level_scale={self.per_level_scale:.6g}, dense_levels={n_dense}, params={self.n_params}, "
+            f"backend={self.backend}, current_level={self.current_level}"
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+
+    def use_tcnn(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` on ``x`` would run tiny-cuda-nn."""
+        if self.backend == "torch":
+            return False
+        if self.backend == "tcnn":
+            if not tcnn_available():
+                raise RuntimeError(
+                    "HashGridEncoding(backend='tcnn'): tinycudann cannot be imported. Install "
+                    "tiny-cuda-nn's torch bindings on a CUDA machine, or use backend='auto' / 'torch'."
+                )
+            if not x.is_cuda:
+                raise RuntimeError(
+                    "HashGridEncoding(backend='tcnn') needs CUDA inputs; use backend='auto' on CPU."
+                )
+            return True
+        return x.is_cuda and tcnn_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``x`` ``[..., n_input_dims]`` in ``[0,1]`` -> ``[..., n_levels * F]``."""
+        if x.shape[-1] != self.n_input_dims:
+            raise ValueError(
+                f"HashGridEncoding expects [..., {self.n_input_dims}] inputs, got {tuple(x.shape)}."
+            )
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.n_input_dims).clamp(0.0, 1.0)
+        if x.shape[0] == 0:
+            dtype = torch.promote_types(x.dtype, self.params.dtype)
+            return x.new_zeros(*lead, self.n_output_dims, dtype=dtype)
+        if self.use_tcnn(x):
+            out = self._forward_tcnn(x)
+        else:
+            # Full precision like tcnn's float32 encoding, also inside a mixed-precision region.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self._forward_torch(x)
+        return out.reshape(*lead, self.n_output_dims)
+
+    def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        n_active = self.current_level
+        N, F = x.shape[0], self.n_features_per_level
+        dtype = torch.promote_types(x.dtype, self.params.dtype)
+        x = x.to(dtype)
+        table = self.table.to(dtype)
+        pieces = []
+        if n_active > 0:
+            block = max(1, _MAX_BLOCK_ELEMENTS // (N * (1 << self.n_input_dims)))
+            start = 0
+            while start < n_active:
+                hashed = self.levels[start]["hashed"]
+                stop = start + 1
+                # Blocks never mix dense and hashed levels.
+                while (
+                    stop < n_active
+                    and stop - start < block
+                    and self.levels[stop]["hashed"] == hashed
+                ):
+                    stop += 1
+                pieces.append(self._encode_levels(x, table, start, stop, hashed))
+                start = stop
+        if n_active < self.n_levels:
+            pieces.append(x.new_zeros(N, self.n_levels - n_active, F))
+        return torch.cat(pieces, dim=1).reshape(N, self.n_output_dims)
+
+    def _encode_levels(
+        self, x: torch.Tensor, table: torch.Tensor, l0: int, l1: int, hashed: bool
+    ) -> torch.Tensor:
+        """Levels ``l0:l1`` (all dense or all hashed) -> ``[N, l1 - l0, F]``."""
+        N, D = x.shape
+        n_lv = l1 - l0
+        scale = self._scale_bits[l0:l1].view(torch.float32).to(x.dtype)
+        pos = x[:, None, :] * scale[None, :, None] + 0.5  # [N, Lb, D]
+        pos_floor = torch.floor(pos)
+        frac = pos - pos_floor  # interpolation weights, differentiable in x
+        # Per-dimension index terms of the lower corner: coord * (prime | res^d), [N, Lb, D].
+        corner0 = pos_floor.to(torch.int64) * self._multipliers[l0:l1]
+
+        # Corners are numbered with dimension 0 as the most significant bit. Products are formed
+        # in int64; once reduced below the table size, indices continue in int32 (less traffic).
+        if hashed:
+            # "% table_size" of the uint32 hash: hashed levels always hold 2^log2T entries, so it
+            # is a bit mask, which commutes with XOR and may be applied per term; the low 32 bits
+            # of int64 and uint32 products agree.
+            pairs = corner0[..., None] + self._pair_terms[l0:l1]  # [N, Lb, D, 2]: (c*m, (c+1)*m)
+            pairs = (pairs & ((1 << self.log2_hashmap_size) - 1)).to(torch.int32)
+            index = pairs[..., 0, :]
+            for d in range(1, D):
+                index = (index[..., :, None] ^ pairs[..., d, None, :]).flatten(-2)
+        else:
+            # Dense index is linear in the corner: lower-corner index + per-corner constant. For
+            # inputs in [0,1] it stays below res^D + res^(D-1) + ... < 2 * size, so "% size" is
+            # a single conditional subtraction.
+            base = corner0.sum(dim=-1, keepdim=True).to(torch.int32)
+            index = base + self._corner_deltas[l0:l1]  # [N, Lb, 2^D]
+            sizes = self._table_sizes[l0:l1][None, :, None]
+            index = torch.where(index >= sizes, index - sizes, index)
+        index = index + self._offsets[l0:l1][None, :, None]
+        w_pairs = torch.stack((1.0 - frac, frac), dim=-1)  # [N, Lb, D, 2]
+        weight = w_pairs[..., 0, :]
+        for d in range(1, D):
+            weight = (weight[..., :, None] * w_pairs[..., d, None, :]).flatten(-2)
+        feats = table.index_select(0, index.reshape(-1).to(torch.int64)).view(
+            N, n_lv, 1 << D, self.n_features_per_level
+        )
+        return torch.einsum("nlc,nlcf->nlf", weight, feats)
+
+    def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self._tcnn_holder.get("module")
+        if enc is None or self._tcnn_holder.get("device") != x.device:
+            config = {
+                "otype": "HashGrid",
+                "n_levels": self.n_levels,
+                "n_features_per_level": self.n_features_per_level,
+                "log2_hashmap_size": self.log2_hashmap_size,
+                "base_resolution": self.base_resolution,
+                "per_level_scale": self.per_level_scale,
+                "interpolation": "Linear",
+            }
+            with torch.cuda.device(x.device):
+                enc = _tcnn_module.Encoding(self.n_input_dims, config, dtype=torch.float32)
+            if enc.params.numel() != self.params.numel():
+                raise RuntimeError(
+                    f"tcnn HashGrid has {enc.params.numel()} parameters, the torch layout "
+                    f"{self.params.numel()}; the layouts disagree (tcnn version?)."
+                )
+            self._tcnn_holder.update(module=enc, device=x.device)
+        if enc.params is not self.params:
+            # Share our parameter (the single source of truth) with the tcnn module.
+            enc.params = self.params
+        out = enc(x.float().contiguous()).to(self.params.dtype)
+        if self.current_level < self.n_levels:
+            mask = torch.zeros(self.n_output_dims, device=out.device, dtype=out.dtype)
+            mask[: self.current_level * self.n_features_per_level] = 1.0
+            out = out * mask
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# config dicts (threestudio / tcnn style)
+
+_GRID_KEYS = {
+    "n_levels": 16,
+    "n_features_per_level": 2,
+    "log2_hashmap_size": 19,
+    "base_resolution": 16,
+    "per_level_scale": 1.447269237440378,
+    "backend": "auto",
+}
+# Defaults of threestudio's dreamfusion recipe for the progressive variant.
+_PROGRESSIVE_KEYS = {"start_level": 8, "start_step": 2000, "update_steps": 500}
+_ACCEPTED_CONSTANTS = {"interpolation": "Linear", "type": "Hash"}
+
+
+def _plain_dict(config: Any) -> Dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            return dict(OmegaConf.to_container(config, resolve=True))  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover
+        pass
+    if not isinstance(config, Mapping):
+        raise TypeError(f"An encoding config must be a mapping, got {type(config).__name__}.")
+    return dict(config)
+
+
+def get_encoding(n_input_dims: int, config: Mapping[str, Any]) -> nn.Module:
+    """Build an encoding from a threestudio/tcnn-style dict.
+
+    ``otype``: ``"HashGrid"`` (also ``"Grid"``), ``"ProgressiveBandHashGrid"`` (keys above plus
+    ``start_level``, ``start_step``, ``update_steps``; defaults 8 / 2000 / 500) or
+    ``"SphericalHarmonics"`` (key ``degree``; see :class:`networks.SphericalHarmonicsEncoding`).
+    """
+    cfg = _plain_dict(config)
+    otype = cfg.pop("otype", "HashGrid")
+    if otype == "SphericalHarmonics":
+        from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
+
+        degree = cfg.pop("degree", 4)
+        if cfg:
+            raise ValueError(
+                f"Unknown SphericalHarmonics encoding keys: {sorted(cfg)} (valid: degree)."
+            )
+        if n_input_dims != 3:
+            raise ValueError("SphericalHarmonics encodes 3-d directions.")
+        return SphericalHarmonicsEncoding(degree=degree)
+    if otype not in ("HashGrid", "Grid", "ProgressiveBandHashGrid"):
+        raise ValueError(
+            f"Unknown encoding otype {otype!r}; expected 'HashGrid', 'ProgressiveBandHashGrid' or "
+            "'SphericalHarmonics'."
+        )
+    valid = dict(_GRID_KEYS)
+    progressive = otype == "ProgressiveBandHashGrid"
+    valid.update(_PROGRESSIVE_KEYS)
+    for key, value in _ACCEPTED_CONSTANTS.items():
+        if key in cfg:
+            if cfg[key] != value:
+                raise ValueError(
+                    f"HashGrid encoding supports only {key}={value!r}, got {cfg[key]!r}."
+                )
+            cfg.pop(key)
+    for key in cfg:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"Unknown hash-grid encoding key '{key}'.{hint} Valid keys: {', '.join(sorted(valid))}."
+            )
+    args = {k: cfg.get(k, v) for k, v in _GRID_KEYS.items()}
+    if progressive:
+        args.update({k: cfg.get(k, v) for k, v in _PROGRESSIVE_KEYS.items()})
+    elif any(k in cfg for k in _PROGRESSIVE_KEYS):
+        # A plain HashGrid with progressive keys: honour them (the user asked for masking).
+        args.update({k: cfg.get(k, v) for k, v in _PROGRESSIVE_KEYS.items()})
+    return HashGridEncoding(n_input_dims=n_input_dims, **args)
