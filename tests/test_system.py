@@ -116,3 +116,16 @@ def test_config_errors_fail_before_any_work(tmp_path, capsys):
     assert not os.path.exists(os.path.join(str(tmp_path), "demo"))
     assert main(["--config", "demo.yaml", "--export", f"exp_root_dir={tmp_path}"]) == 2
     assert "resume=" in capsys.readouterr().err
+
+
+def test_image_grid_keeps_colours(tmp_path):
+    import imageio.v2 as imageio
+
+    from threestudio_like.utils.saving import save_image_grid
+
+    rgb = torch.zeros(4, 4, 3)
+    rgb[..., 0] = 0.5
+    save_image_grid(tmp_path / "g.png", [rgb, torch.ones(4, 4, 1)])
+    img = imageio.imread(tmp_path / "g.png")
+    assert img.shape == (4, 8, 3)
+    assert abs(int(img[0, 0, 0]) - 128) <= 1 and img[0, 0, 1] == 0 and img[0, 4, 1] == 255

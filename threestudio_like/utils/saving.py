@@ -14,7 +14,9 @@ ImageLike = Union[Tensor, np.ndarray]
 
 
 def to_uint8(img: ImageLike) -> np.ndarray:
-    """``[H, W, C]`` float in [0, 1] (C = 1 or 3) -> ``[H, W, 3]`` uint8."""
+    """``[H, W, C]`` float in [0, 1] (C = 1 or 3) -> ``[H, W, 3]`` uint8 (uint8 passes through)."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        return np.repeat(img, 3, axis=-1) if img.ndim == 3 and img.shape[-1] == 1 else img
     if isinstance(img, Tensor):
         img = img.detach().float().cpu().numpy()
     img = np.nan_to_num(np.asarray(img, dtype=np.float32))
