@@ -386,7 +386,7 @@ class HashGridEncoding(nn.Module, Updateable):
 # ---------------------------------------------------------------------------------------------
 # config dicts (threestudio / tcnn style)
 
-_GRID_KEYS = {
+HASHGRID_DEFAULTS = {
     "n_levels": 16,
     "n_features_per_level": 2,
     "log2_hashmap_size": 19,
@@ -439,7 +439,7 @@ def get_encoding(n_input_dims: int, config: Mapping[str, Any]) -> nn.Module:
             f"Unknown encoding otype {otype!r}; expected 'HashGrid', 'ProgressiveBandHashGrid' or "
             "'SphericalHarmonics'."
         )
-    valid = dict(_GRID_KEYS)
+    valid = dict(HASHGRID_DEFAULTS)
     progressive = otype == "ProgressiveBandHashGrid"
     valid.update(_PROGRESSIVE_KEYS)
     for key, value in _ACCEPTED_CONSTANTS.items():
@@ -456,7 +456,7 @@ def get_encoding(n_input_dims: int, config: Mapping[str, Any]) -> nn.Module:
             raise ValueError(
                 f"Unknown hash-grid encoding key '{key}'.{hint} Valid keys: {', '.join(sorted(valid))}."
             )
-    args = {k: cfg.get(k, v) for k, v in _GRID_KEYS.items()}
+    args = {k: cfg.get(k, v) for k, v in HASHGRID_DEFAULTS.items()}
     if progressive:
         args.update({k: cfg.get(k, v) for k, v in _PROGRESSIVE_KEYS.items()})
     elif any(k in cfg for k in _PROGRESSIVE_KEYS):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from threestudio_like import register
 from threestudio_like.base import BaseModule
-from threestudio_like.geometry.hashgrid import get_encoding
+from threestudio_like.geometry.hashgrid import HASHGRID_DEFAULTS, get_encoding
 from threestudio_like.geometry.isosurface import marching_cubes
 from threestudio_like.geometry.networks import get_activation, get_mlp
 
@@ -25,15 +25,7 @@ NORMAL_TYPES = (None, "analytic", "finite_difference")
 
 
 def _default_pos_encoding() -> Dict[str, Any]:
-    return {
-        "otype": "HashGrid",
-        "n_levels": 16,
-        "n_features_per_level": 2,
-        "log2_hashmap_size": 19,
-        "base_resolution": 16,
-        "per_level_scale": 1.447269237440378,
-        "backend": "auto",
-    }
+    return {"otype": "HashGrid", **HASHGRID_DEFAULTS}
 
 
 def _default_mlp() -> Dict[str, Any]:
