@@ -14,6 +14,9 @@ USAGE_EXAMPLES = """examples:
   python launch.py --config mvdream-sd21.yaml --train prompt="a DSLR photo of a corgi"
   python launch.py --config outputs/<name>/<trial>/configs/parsed.yaml --train resume=outputs/<name>/<trial>/ckpts/last.ckpt
   python launch.py --config demo.yaml --export resume=outputs/<name>/<trial>/ckpts/last.ckpt
+  python launch.py --batch jobs.yaml [--gpus 0,1]   (a queue of jobs; see --batch --help, docs/batch.md)
+  python launch.py --config mvdream-sd21.yaml --sample prompt="a corgi"   (4 views from the prior: a weights check)
+  python launch.py --convert mvdream sd-v2.1-base-4view.pt weights/mvdream-sd21   (original checkpoint -> diffusers folder)
 """
 
 
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--validate", action="store_true", help="render validation views from resume=<ckpt>")
     mode.add_argument("--test", action="store_true", help="render the turntable video from resume=<ckpt>")
     mode.add_argument("--export", action="store_true", help="export the mesh from resume=<ckpt>")
+    mode.add_argument("--sample", action="store_true", help="images of prompt= straight from the prior (no 3D)")
     parser.add_argument("--gpu", default="0", help="GPU ids, e.g. 0 or 0,1 (ignored without CUDA)")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and debug logs")
     return parser
@@ -50,6 +54,14 @@ def _quiet_libraries(verbose: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --- batch hook: `launch.py --batch jobs.yaml` runs a job queue (threestudio_like/batch) ---
+    if any(a == "--batch" or a.startswith("--batch=") for a in argv):
+        from threestudio_like.batch.runner import main as batch_main
+
+        return batch_main(argv)
+    # --- end batch hook ---
+    if "--convert" in argv:
+        return convert_main(argv)
     args, extras = build_parser().parse_known_args(argv)
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
@@ -66,11 +78,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.sample:
+        return sample_main(cfg, args)
     if not args.train and not cfg.resume:
         print("error: --validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt",
               file=sys.stderr)
         return 2
     return run(cfg, args, argv)
+
+
+def convert_main(argv: Sequence[str]) -> int:
+    """``--convert KIND SRC DST``: an original checkpoint -> a diffusers folder (safetensors)."""
+    parser = argparse.ArgumentParser(prog="launch.py --convert", description=convert_main.__doc__)
+    parser.add_argument("--convert", nargs=3, metavar=("KIND", "SRC", "DST"), required=True,
+                        help="KIND: mvdream; SRC: checkpoint file or Hugging Face id; DST: output folder")
+    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or id to copy into DST")
+    args = parser.parse_args(argv)
+    kind, src, dst = args.convert
+    from threestudio_like.guidance.weights import MissingWeightsError, find_converter
+
+    try:
+        converter = find_converter(kind)
+        print(f"Converting {src} ({kind}) -> {dst}")
+        out = converter(src, dst, tokenizer=args.tokenizer)
+    except (KeyError, MissingWeightsError, ValueError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    print(f"Done: pass pretrained_model_name_or_path={out}")
+    return 0
+
+
+def sample_main(cfg, args) -> int:
+    """``--sample``: the recipe's prior generates images of the prompt (seed=...)."""
+    from threestudio_like.config import ConfigError
+    from threestudio_like.guidance.sampling import run_sample
+    from threestudio_like.guidance.weights import MissingWeightsError
+
+    try:
+        path = run_sample(cfg, seed=cfg.seed)
+    except (ConfigError, MissingWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Samples written: {path}")
+    return 0
 
 
 def run(cfg, args, argv: Sequence[str]) -> int:
@@ -83,6 +133,7 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     from threestudio_like.geometry.isosurface import IsosurfaceError
     from threestudio_like.systems.base import NonFiniteLossError
     from threestudio_like.systems.callbacks import AtomicCheckpoint, DiskFullError, StepProgress
+    from threestudio_like.guidance.weights import MissingWeightsError
 
     trial = cfg.trial_dir
     os.makedirs(trial, exist_ok=True)
@@ -102,7 +153,7 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     if "val_check_interval" in trainer_args:
         trainer_args.setdefault("check_val_every_n_epoch", None)
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
-    callbacks = [ckpt_cb, StepProgress()] if args.train else []
+    callbacks = [ckpt_cb, StepProgress()] if args.train else [StepProgress()]
     loggers = []
     if args.train:
         dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
@@ -148,7 +199,7 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     except DiskFullError as exc:
         print(f"error: {exc.strerror}", file=sys.stderr)
         return 1
-    except ConfigError as exc:
+    except (ConfigError, MissingWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except IsosurfaceError as exc:

@@ -82,8 +82,9 @@ class StepProgress(Callback):
     ``print_every`` steps so that progress is still visible.
     """
 
-    def __init__(self, print_every: int = 50) -> None:
+    def __init__(self, print_every: int = 50, frame_every: int = 20) -> None:
         self.print_every = print_every
+        self.frame_every = frame_every
         self.progress = None
         self.task = None
         self.start_time = 0.0
@@ -120,6 +121,13 @@ class StepProgress(Callback):
             remaining = (trainer.max_steps - step) / rate if rate > 0 and trainer.max_steps > 0 else float("nan")
             print(f"step {step}/{trainer.max_steps}  {rate:.2f} step/s  ETA {remaining:.0f}s  "
                   f"loss {self._loss(trainer)}", flush=True)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        total = trainer.num_test_batches[0] if trainer.num_test_batches else 0
+        done = batch_idx + 1
+        if done % self.frame_every == 0 or done == total:
+            print(f"turntable frame {done}/{total}", flush=True)
 
     def _stop(self) -> None:
         if self.progress is not None:
