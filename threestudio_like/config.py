@@ -281,16 +281,16 @@ def load_config(
     merged = OmegaConf.merge(raw, cli)
     check_keys(ExperimentConfig, merged)
     check_trainer_args(merged.get("trainer") or {})
-    try:
-        OmegaConf.resolve(merged)
-    except Exception as exc:
-        raise ConfigError(f"Could not resolve config {path}: {exc}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
+    missing = sorted(OmegaConf.missing_keys(merged))  # before resolving: ${...} may use them
     if missing:
         hint = "".join(
             f" Pass it as '{a}=...'." for a, t in ALIASES.items() if t in missing
         )
         raise ConfigError(f"Required config value(s) not set: {', '.join(missing)}.{hint}")
+    try:
+        OmegaConf.resolve(merged)
+    except Exception as exc:
+        raise ConfigError(f"Could not resolve config {path}: {exc}") from None
     cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged)
     _derive_trial_dir(cfg)
     if make_trial_dir:

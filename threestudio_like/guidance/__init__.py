@@ -1,2 +1,3 @@
 """Guidance modules (frozen priors) and the shared distillation math."""
 from threestudio_like.guidance import reference_object  # noqa: F401  (registers guidances)
+from threestudio_like.guidance import mvdream  # noqa: F401

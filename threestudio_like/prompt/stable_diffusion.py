@@ -1,0 +1,293 @@
+"""Text prompts -> CLIP text embeddings for Stable-Diffusion-family priors (SD2.1, MVDream).
+
+``stable-diffusion-prompt-processor`` turns ``prompt`` and ``negative_prompt`` into the token
+embeddings the UNet cross-attends to. Each embedding is computed once and cached on disk under
+``cache_dir`` keyed by (text encoder, tokenizer, prompt), so later runs never load the text
+encoder. The text encoder comes from ``pretrained_model_name_or_path`` (the same values as a
+guidance: tiny-random, a diffusers folder, an original ldm checkpoint with an OpenCLIP text tower
+such as MVDream's, or a Hugging Face id); the tokenizer from ``tokenizer_name_or_path``, the
+weights folder's ``tokenizer/``, or SD2.1's tokenizer in the Hugging Face cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from threestudio_like import register
+from threestudio_like.base import BaseObject
+from threestudio_like.guidance.weights import (
+    TINY_RANDOM,
+    MissingWeightsError,
+    WeightsSource,
+    has_component,
+    hf_cache_dir,
+    load_state_dict_file,
+    missing_weights_error,
+    resolve_weights,
+    sub_state_dict,
+)
+
+# Tried in this order when neither the config nor the weights folder names a tokenizer.
+DEFAULT_TOKENIZER_REPOS = ("stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1")
+MAX_LENGTH = 77
+# A toy CLIP text encoder matching the toy UNets (cross-attention width 32).
+TINY_TEXT_ENCODER: Dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MAX_LENGTH,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+}
+_TINY_KEY = "tiny-random-clip-v1"
+
+
+# ------------------------------------------------------------------------------------------
+# tokenizers
+
+
+def _byte_symbols() -> List[str]:
+    """GPT-2/CLIP byte-level BPE alphabet: one printable character per byte value."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            codes.append(b)
+        else:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def tiny_tokenizer() -> Any:
+    """A CLIP tokenizer built in-process (byte alphabet, no merges): no files, no hub."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    return CLIPTokenizer(
+        vocab=vocab, merges=[], unk_token="<|endoftext|>", bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>", pad_token="!", model_max_length=MAX_LENGTH,
+    )
+
+
+def _tokenizer_from_folder(folder: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    sub = "tokenizer" if has_component(folder, "tokenizer") else None
+    path = os.path.join(folder, sub) if sub else folder
+    return CLIPTokenizer.from_pretrained(path)
+
+
+def load_tokenizer(source: WeightsSource, tokenizer_name_or_path: Optional[str] = None) -> Tuple[Any, str]:
+    """``(tokenizer, key)`` for the text encoder of ``source`` (see the module doc)."""
+    if tokenizer_name_or_path == TINY_RANDOM or (tokenizer_name_or_path is None and source.kind == TINY_RANDOM):
+        return tiny_tokenizer(), _TINY_KEY
+    if tokenizer_name_or_path:
+        candidates: Sequence[str] = [tokenizer_name_or_path]
+    elif source.kind == "diffusers" and has_component(source.path, "tokenizer"):
+        return _tokenizer_from_folder(source.path), os.path.abspath(os.path.join(source.path, "tokenizer"))
+    else:
+        candidates = DEFAULT_TOKENIZER_REPOS
+    looked_for: List[str] = []
+    for name in candidates:
+        local = Path(os.path.expanduser(name))
+        if local.is_dir():
+            try:
+                return _tokenizer_from_folder(str(local)), str(local.resolve())
+            except (OSError, ValueError, TypeError) as exc:
+                looked_for.append(f"a tokenizer in the folder {local} ({str(exc).splitlines()[0]})")
+                continue
+        looked_for.append(f"the tokenizer/ folder of the Hugging Face repo {name!r} in the cache {hf_cache_dir()}")
+        try:
+            found = resolve_weights(name, "the CLIP tokenizer", subfolders=("tokenizer",),
+                                    key="system.prompt_processor.tokenizer_name_or_path")
+            return _tokenizer_from_folder(found.path), name
+        except (MissingWeightsError, OSError, ValueError):
+            continue
+    raise missing_weights_error(
+        candidates[0], looked_for, "the SD2.1 CLIP tokenizer (vocab.json + merges.txt)",
+        key="system.prompt_processor.tokenizer_name_or_path",
+        repo=f"{DEFAULT_TOKENIZER_REPOS[0]} --include 'tokenizer/*'",
+        extra_hints=["or point system.prompt_processor.tokenizer_name_or_path at a folder with "
+                     "vocab.json and merges.txt (any CLIP BPE tokenizer saved by transformers)"],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# text encoders
+
+
+def tiny_text_encoder(vocab_size: int, seed: int = 0) -> Any:
+    """A toy ``CLIPTextModel`` (cross-attention width 32), deterministic for ``seed``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from threestudio_like.guidance.latent_diffusion import seeded
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0,
+        **TINY_TEXT_ENCODER,
+    )
+    with seeded(seed):
+        return CLIPTextModel(config)
+
+
+def load_text_encoder(source: WeightsSource, vocab_size: int) -> Any:
+    """The text encoder (fp32, CPU) of a resolved weights source."""
+    from threestudio_like.guidance.latent_diffusion import quiet_progress_bars
+
+    quiet_progress_bars()
+    if source.kind == TINY_RANDOM:
+        return tiny_text_encoder(vocab_size)
+    if source.kind == "diffusers":
+        from transformers import CLIPTextModel
+
+        return CLIPTextModel.from_pretrained(source.path, subfolder="text_encoder", torch_dtype=torch.float32)
+    from threestudio_like.guidance.ldm_convert import OPEN_CLIP_PREFIX
+    from threestudio_like.guidance.latent_diffusion import text_encoder_from_open_clip
+
+    text_sd = sub_state_dict(load_state_dict_file(source.path), OPEN_CLIP_PREFIX)
+    if not text_sd:
+        raise MissingWeightsError(
+            f"{source.path} has no OpenCLIP text tower ('{OPEN_CLIP_PREFIX}*' keys). Point "
+            f"system.prompt_processor.pretrained_model_name_or_path at weights with a text encoder "
+            f"(e.g. stabilityai/stable-diffusion-2-1-base or a folder written by --convert)."
+        )
+    return text_encoder_from_open_clip({k: v.float() for k, v in text_sd.items()})
+
+
+# ------------------------------------------------------------------------------------------
+# the condition handed to guidances
+
+
+@dataclass
+class PromptEmbeddings:
+    """Conditional and unconditional (negative-prompt) text embeddings of one prompt."""
+
+    prompt: str
+    negative_prompt: str
+    text_embeddings: Tensor
+    """``[L, D]`` embedding of the prompt."""
+    uncond_text_embeddings: Tensor
+    """``[L, D]`` embedding of the negative prompt."""
+
+    def get_text_embeddings(
+        self, batch_size: int, device: Any = None, dtype: Optional[torch.dtype] = None
+    ) -> Tensor:
+        """``[2B, L, D]``: B copies of the conditional embedding, then B unconditional ones."""
+        cond = self.text_embeddings[None].expand(batch_size, -1, -1)
+        uncond = self.uncond_text_embeddings[None].expand(batch_size, -1, -1)
+        return torch.cat([cond, uncond], dim=0).to(device=device, dtype=dtype)
+
+
+@register("stable-diffusion-prompt-processor")
+class StableDiffusionPromptProcessor(BaseObject):
+    """Prompt + negative prompt -> :class:`PromptEmbeddings`, cached on disk."""
+
+    @dataclass
+    class Config(BaseObject.Config):
+        prompt: str = "a hamburger"
+        """The text prompt."""
+        negative_prompt: str = ""
+        """Text for the unconditional branch of classifier-free guidance."""
+        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+        """Where the text encoder comes from (same forms as a guidance's weights)."""
+        tokenizer_name_or_path: Optional[str] = None
+        """CLIP tokenizer folder or Hugging Face id; None: the weights' tokenizer/ or SD2.1's."""
+        use_cache: bool = True
+        """Read/write embeddings in cache_dir, keyed by text encoder, tokenizer and prompt."""
+        cache_dir: str = ".threestudio_like_cache/text_embeddings"
+        """Folder of cached embeddings (relative to the working directory)."""
+
+    cfg: Config
+
+    def configure(self) -> None:
+        self._source: Optional[WeightsSource] = None
+        self._tokenizer: Any = None
+        self._tokenizer_key: Optional[str] = None
+
+    @property
+    def source(self) -> WeightsSource:
+        if self._source is None:
+            self._source = resolve_weights(
+                self.cfg.pretrained_model_name_or_path, "the text encoder", subfolders=("text_encoder",),
+                key="system.prompt_processor.pretrained_model_name_or_path",
+            )
+        return self._source
+
+    def _model_key(self) -> str:
+        """Text encoder + tokenizer identity, without loading anything heavy."""
+        name = self.cfg.pretrained_model_name_or_path
+        if name == TINY_RANDOM:
+            return _TINY_KEY
+        local = Path(os.path.expanduser(name))
+        model = str(local.resolve()) if local.exists() else name
+        tok = self.cfg.tokenizer_name_or_path or ""
+        return f"{model}|{tok}"
+
+    def cache_path(self, prompt: str) -> Path:
+        digest = hashlib.md5(f"{self._model_key()}\n{prompt}".encode("utf-8")).hexdigest()
+        return Path(self.cfg.cache_dir) / f"{digest}.pt"
+
+    def _read_cache(self, prompt: str) -> Optional[Tensor]:
+        path = self.cache_path(prompt)
+        if not (self.cfg.use_cache and path.is_file()):
+            return None
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # a truncated or foreign file: recompute
+            return None
+        if data.get("prompt") != prompt or data.get("model") != self._model_key():
+            return None
+        return data["embedding"]
+
+    def _write_cache(self, prompt: str, embedding: Tensor) -> None:
+        path = self.cache_path(prompt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"prompt": prompt, "model": self._model_key(), "embedding": embedding.cpu()}, str(tmp))
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Tensor:
+        """Embeddings ``[N, L, D]`` (fp32, CPU) of ``prompts``, computed with the text encoder."""
+        source = self.source
+        tokenizer, _ = load_tokenizer(source, self.cfg.tokenizer_name_or_path)
+        encoder = load_text_encoder(source, len(tokenizer))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        encoder.to(device).eval()
+        tokens = tokenizer(
+            list(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+        )
+        out = encoder(input_ids=tokens.input_ids.to(device))[0].float().cpu()
+        del encoder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
+
+    def embeddings_for(self, prompts: Sequence[str]) -> List[Tensor]:
+        """Embeddings ``[L, D]`` per prompt, from the cache where possible."""
+        found: Dict[str, Tensor] = {}
+        for prompt in prompts:
+            cached = self._read_cache(prompt)
+            if cached is not None:
+                found[prompt] = cached
+        todo = [p for p in dict.fromkeys(prompts) if p not in found]
+        if todo:
+            for prompt, emb in zip(todo, self.encode(todo)):
+                found[prompt] = emb
+                if self.cfg.use_cache:
+                    self._write_cache(prompt, emb)
+        return [found[p] for p in prompts]
+
+    def __call__(self) -> PromptEmbeddings:
+        cond, uncond = self.embeddings_for([self.cfg.prompt, self.cfg.negative_prompt])
+        return PromptEmbeddings(self.cfg.prompt, self.cfg.negative_prompt, cond, uncond)
