@@ -31,7 +31,8 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "submitit>=1.5"],
+        "slurm": ["submitit>=1.5"],
         "gpu": ["tinycudann"],
     },
     entry_points={"console_scripts": ["threestudio-like=threestudio_like.cli:main"]},

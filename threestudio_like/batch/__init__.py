@@ -1,0 +1,11 @@
+"""Overnight batch production: a queue of text/image-to-3D jobs that survives the night.
+
+``python launch.py --batch jobs.yaml [--gpus 0,1,2,3]`` validates a job file (:mod:`.jobs`),
+runs every job in its own trial directory with one worker per GPU (one on CPU), keeps a durable
+job state on disk (:mod:`.state`), retries failures with back-off (:mod:`.runner`), can submit the
+jobs to SLURM through submitit (:mod:`.slurm`) and writes a static review page, ``index.html``
+plus ``summary.json`` (:mod:`.gallery`). See ``docs/batch.md``.
+"""
+from threestudio_like.batch.jobs import BatchSpec, Job, JobFileError, load_job_file
+
+__all__ = ["BatchSpec", "Job", "JobFileError", "load_job_file"]

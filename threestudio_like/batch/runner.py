@@ -1,0 +1,840 @@
+"""The batch runner: ``python launch.py --batch jobs.yaml [--gpus 0,1,2,3] [key=value ...]``.
+
+One worker per GPU (one on CPU) takes pending jobs in job-file order; each job runs as its own
+``python -m threestudio_like.cli --config <batch>/configs/<id>.yaml --train`` process (a crash
+or an out-of-memory error kills only that job), writing to its own trial directory
+``<batch>/trials/<id>/`` and log ``<batch>/logs/<id>.log``. Progress is kept in
+``<batch>/state.json`` (see :mod:`.state`), so re-running the same command resumes: done jobs
+are skipped, interrupted ones continue from ``ckpts/last.ckpt``.
+
+Failures are classified from the exit status and the log and retried up to ``retries`` times,
+each after ``retry_delay * 2**(failures-1)`` seconds (at most an hour) while other jobs go on:
+
+======== ===================================================== ==============================
+outcome  recognised by                                         next attempt
+======== ===================================================== ==============================
+oom      "out of memory" in the log, or killed by SIGKILL      resumes, ``oom_halve`` keys halved
+nan      "non-finite loss" (exit 1)                            resumes from the last good ckpt
+timeout  ran past the job's ``timeout``                        resumes from the checkpoint
+crash    any other failure                                     resumes from the checkpoint
+config   exit status 2 (a config error found at run time)      not retried
+======== ===================================================== ==============================
+
+Ctrl-C (or SIGTERM/SIGHUP) asks every running job to save a checkpoint and exit, marks them
+pending and exits with status 130; a second Ctrl-C kills them at once (they keep their last
+periodic checkpoint). If the runner itself is killed, its jobs get SIGTERM (Linux), checkpoint
+and exit; the next run finds them marked running, makes sure they are gone and resumes them.
+Exit status: 0 all jobs done, 1 some failed, 2 bad job file / batch locked, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+from threestudio_like.batch.gallery import collect_result, format_seconds, write_gallery
+from threestudio_like.batch.jobs import BatchSpec, Job, JobFileError, load_job_file
+from threestudio_like.batch.state import (BatchLock, BatchLockedError, BatchState, atomic_write_text,
+                                          new_job_record, now)
+
+DONE_MARK = "Done. Outputs in"
+OOM_PATTERNS = ("out of memory", "outofmemoryerror", "memoryerror", "cudnn_status_alloc_failed")
+MAX_DELAY_S = 3600.0
+LOG_TAIL_BYTES = 256 * 1024
+
+
+# ------------------------------------------------------------------------------------------
+# attempts: commands, classification, back-off
+
+
+@dataclass
+class AttemptResult:
+    """How an attempt ended: the exit status (None if the launcher lost it) and a reason."""
+
+    rc: Optional[int]
+    error: Optional[str] = None
+
+
+def error_line(text: str) -> str:
+    """The most telling line of a failed job's log: ``error: ...``, an exception, or the last line."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("error:"):
+            idx = lines.index(ln)
+            return "\n".join(lines[idx: idx + 3])[:800]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?", ln):
+            return ln[:800]
+    return lines[-1][:800] if lines else "no output"
+
+
+def classify(rc: Optional[int], text: str, *, timed_out: bool = False, stopping: bool = False,
+             launcher_error: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """``(outcome, error)`` of a finished attempt from its exit status and log text."""
+    finished = DONE_MARK in text
+    if rc == 0 and finished:
+        return "ok", None
+    if stopping:
+        return "interrupted", None
+    if timed_out:
+        return "timeout", "ran past its timeout; " + error_line(text)
+    if launcher_error and rc is None:
+        return "crash", launcher_error
+    low = text.lower()
+    if any(p in low for p in OOM_PATTERNS):
+        return "oom", error_line(text)
+    if rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return "oom", "killed by SIGKILL (most likely the system's out-of-memory killer)"
+    if "non-finite loss" in text:
+        return "nan", error_line(text)
+    if rc == 2:
+        return "config", error_line(text)
+    if rc is not None and rc < 0:
+        return "crash", f"killed by {signal.Signals(-rc).name}; " + error_line(text)
+    if rc == 0:
+        return "crash", "exited before finishing (was it terminated?)"
+    return "crash", error_line(text)
+
+
+def retry_delay(base: float, failures: int) -> float:
+    """Seconds to wait before the next attempt after ``failures`` failures."""
+    return min(base * 2 ** max(failures - 1, 0), MAX_DELAY_S)
+
+
+def oom_overrides(config_file: str, keys: Sequence[str], count: int) -> List[str]:
+    """``key=value`` overrides halving each of ``keys`` ``count`` times (at least 1).
+
+    ``data.batch_size`` stays a multiple of ``data.n_view`` (multi-view priors); keys the
+    recipe does not have are skipped; lists (per-resolution batch sizes) are halved per item.
+    """
+    if count <= 0 or not keys:
+        return []
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config_file)
+    n_view = OmegaConf.select(cfg, "data.n_view", default=1, throw_on_resolution_failure=False) or 1
+    out = []
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is None:
+            continue
+        unit = int(n_view) if key == "data.batch_size" else 1
+
+        def halve(v: Any) -> Any:
+            if not isinstance(v, int) or isinstance(v, bool):
+                return v
+            return max(unit, (v // 2 ** count) // unit * unit)
+
+        if OmegaConf.is_list(value):
+            items = OmegaConf.to_container(value)
+            new = [halve(v) for v in items]
+            if new != items:
+                out.append(f"{key}=[{','.join(str(v) for v in new)}]")
+        else:
+            new = halve(value)
+            if new != value:
+                out.append(f"{key}={new}")
+    return out
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+    """The global step stored in a Lightning checkpoint (None if unreadable)."""
+    try:
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(ckpt.get("global_step"))
+    except Exception:
+        return None
+
+
+def with_resume(cmd: Sequence[str], ckpt: str) -> List[str]:
+    """The attempt's command, resuming from ``ckpt`` if it exists when the attempt starts."""
+    return list(cmd) + ([f"resume={ckpt}"] if os.path.isfile(ckpt) else [])
+
+
+# ------------------------------------------------------------------------------------------
+# local workers
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the runner dies (Linux), so a killed runner's jobs
+    checkpoint and exit instead of running on unsupervised."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class LocalHandle:
+    """A running local attempt (one child process)."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", log: Any) -> None:
+        self.proc = proc
+        self._log = log
+
+    @property
+    def ident(self) -> Dict[str, Any]:
+        return {"pid": self.proc.pid}
+
+    def poll(self) -> Optional[AttemptResult]:
+        """How the attempt ended, or None while it runs."""
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        self._log.close()
+        return AttemptResult(rc)
+
+    def interrupt(self) -> None:
+        """Ask the job to save a checkpoint and exit (as Ctrl-C would)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL the job (it keeps its last periodic checkpoint)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class LocalLauncher:
+    """One worker slot per GPU (``CUDA_VISIBLE_DEVICES`` set per slot), or ``workers`` CPU slots."""
+
+    name = "local"
+
+    def __init__(self, gpus: Optional[Sequence[str]] = None, workers: int = 1) -> None:
+        self.gpus = list(gpus or [])
+        if self.gpus:
+            self.slots = [f"gpu{g}" for g in self.gpus]
+            self._env = {f"gpu{g}": {"CUDA_VISIBLE_DEVICES": str(g)} for g in self.gpus}
+        else:
+            self.slots = [f"cpu{i}" for i in range(max(int(workers), 1))]
+            threads = max((os.cpu_count() or 1) // len(self.slots), 1)
+            extra = {"OMP_NUM_THREADS": str(threads)} if len(self.slots) > 1 and "OMP_NUM_THREADS" not in os.environ else {}
+            self._env = {slot: dict(extra) for slot in self.slots}
+
+    def describe(self) -> str:
+        """One line for the progress view and the state's run log."""
+        return f"local, {len(self.slots)} worker(s): {', '.join(self.slots)}"
+
+    def start(self, slot: str, job_id: str, cmd: Sequence[str], ckpt: str, env: Dict[str, str],
+              log_path: str) -> LocalHandle:
+        """Start one attempt on ``slot``, output appended to ``log_path``."""
+        full_cmd = with_resume(cmd, ckpt)
+        child_env = {**os.environ, **env, **self._env[slot]}
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(
+            full_cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
+            start_new_session=True,  # the terminal's Ctrl-C reaches the runner, which stops jobs once
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        return LocalHandle(proc, log)
+
+    def reattach(self, attempt: Dict[str, Any]) -> Optional[LocalHandle]:
+        """Stop a job left running by a runner that was killed (it resumes from its checkpoint)."""
+        pid = attempt.get("pid")
+        if pid and _is_our_process(pid, attempt.get("config_file", "")):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + 120
+            while time.time() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _is_our_process(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return bool(marker) and marker in cmdline and _alive(pid)
+
+
+def detect_gpus() -> List[str]:
+    """Visible GPU ids: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``; [] without GPUs."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+# ------------------------------------------------------------------------------------------
+# progress
+
+
+class ProgressView:
+    """Overall progress: a live rich table on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, runner: "Runner", stream: TextIO, every: float = 30.0) -> None:
+        self.runner = runner
+        self.stream = stream
+        self.every = every
+        self.last_line = 0.0
+        self.live = None
+        if stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(file=stream), refresh_per_second=2, transient=False,
+                             get_renderable=self._renderable)
+            self.live.start()
+
+    def event(self, message: str) -> None:
+        """Print a timestamped event line (above the live table on a terminal)."""
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def tick(self, force: bool = False) -> None:
+        """Print the overview line when it is due (off a terminal)."""
+        if self.live is not None:
+            return  # the live view refreshes itself
+        if force or time.time() - self.last_line >= self.every:
+            self.last_line = time.time()
+            print(f"[{time.strftime('%H:%M:%S')}] {self.runner.overview()}", file=self.stream, flush=True)
+
+    def _renderable(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("worker", "job", "attempt", "step", "elapsed"):
+            table.add_column(col)
+        try:  # this runs in rich's refresh thread while the runner updates ``running``
+            running = sorted(list(self.runner.running.items()))
+        except RuntimeError:
+            running = []
+        for slot, run in running:
+            table.add_row(slot, run.job_id, str(run.attempt_no), self.runner.job_step(run.job_id),
+                          format_seconds(time.time() - run.started))
+        return Group(Text(self.runner.overview(), style="bold"), table)
+
+    def close(self) -> None:
+        """Stop the live view."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+# ------------------------------------------------------------------------------------------
+# the runner
+
+
+@dataclass
+class _Running:
+    job_id: str
+    slot: str
+    handle: Any
+    started: float
+    attempt_no: int
+    log_offset: int
+    deadline: Optional[float] = None
+    timed_out: bool = False
+    kill_at: Optional[float] = None
+    extra: List[str] = field(default_factory=list)
+
+
+class Runner:
+    """Runs a validated batch to completion (or until stopped), keeping the state on disk."""
+
+    def __init__(self, spec: BatchSpec, launcher: Any, *, retry_failed: bool = False,
+                 redo: Sequence[str] = (), progress_every: float = 30.0, grace: float = 120.0,
+                 poll_interval: float = 0.5, stream: Optional[TextIO] = None) -> None:
+        self.spec = spec
+        self.launcher = launcher
+        self.batch_dir = Path(spec.output_dir).resolve()
+        self.retry_failed = retry_failed
+        self.redo = set(redo)
+        self.progress_every = progress_every
+        self.grace = grace
+        self.poll_interval = poll_interval
+        self.stream = stream or sys.stdout
+        self.jobs: Dict[str, Job] = {job.id: job for job in spec.jobs}
+        self.state = BatchState(self.batch_dir)
+        self.running: Dict[str, _Running] = {}
+        self._reattached: Dict[str, Any] = {}
+        self._signals = 0
+        self._stopping = False
+        self.view: Optional[ProgressView] = None
+
+    # ------------------------------------------------------------ paths
+    def path(self, rel: str) -> Path:
+        """A path inside the batch folder."""
+        return self.batch_dir / rel
+
+    # ------------------------------------------------------------ entry point
+    def run(self) -> int:
+        """Run the batch until every job is done or failed, or until stopped; the exit status."""
+        self.batch_dir.mkdir(parents=True, exist_ok=True)
+        with BatchLock(self.batch_dir):
+            self.state = BatchState.load(self.batch_dir)
+            self.view = ProgressView(self, self.stream, self.progress_every)
+            previous = self._install_signal_handlers()
+            try:
+                self._prepare()
+                code = self._loop()
+            finally:
+                if self.running:  # leaving on an unexpected error: stop the jobs cleanly first
+                    self._abandon_running()
+                self._restore_signal_handlers(previous)
+                if self.state.data.get("runs"):
+                    self.state.data["runs"][-1]["ended"] = now()
+                self.state.save()
+                index, _ = write_gallery(self.state)
+                self.view.tick(force=True)
+                self.view.close()
+            print(f"Gallery: {index}", file=self.stream, flush=True)
+        return code
+
+    # ------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+
+    def _install_signal_handlers(self) -> Dict[int, Any]:
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: Dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # ------------------------------------------------------------ preparation
+    def _prepare(self) -> None:
+        data = self.state.data
+        data["batch"] = self.spec.name
+        data["job_file"] = str(self.spec.source)
+        data.setdefault("runs", []).append({"started": now(), "pid": os.getpid(), "launcher": self.launcher.describe()})
+        copy = self.path("job_file" + self.spec.source.suffix)
+        if copy.resolve() != self.spec.source:
+            shutil.copyfile(self.spec.source, copy)
+        data["order"] = [job.id for job in self.spec.jobs] + [i for i in data.get("order", []) if i not in self.jobs]
+        for job in self.spec.jobs:
+            self._prepare_job(job)
+        for job_id, rec in self.state.jobs.items():
+            rec["in_job_file"] = job_id in self.jobs
+            if rec["status"] == "running" and job_id not in self.jobs:
+                self._recover_stale(rec)
+        self.state.save()
+        write_gallery(self.state)
+        counts = self.state.counts()
+        self.view.event(f"batch '{self.spec.name}' in {self.batch_dir}: {len(self.jobs)} job(s), "
+                        f"{counts['done']} already done; {self.launcher.describe()}")
+
+    def _prepare_job(self, job: Job) -> None:
+        from omegaconf import OmegaConf
+
+        rec = self.state.jobs.get(job.id)
+        spec_hash = job.spec_hash()
+        if rec is None:
+            rec = self.state.jobs[job.id] = new_job_record(job.id, job.index)
+        else:
+            if rec["status"] == "running":
+                self._recover_stale(rec)
+            if job.id in self.redo:
+                rec = self._reset(job.id, "--redo")
+            elif rec["spec_hash"] and rec["spec_hash"] != spec_hash:
+                if rec["status"] == "done":
+                    self.view.event(f"note: job '{job.id}' changed since it finished; kept (re-run it with --redo {job.id})")
+                    return
+                rec = self._reset(job.id, "its settings changed")
+            elif rec["status"] == "failed" and self.retry_failed:
+                rec.update(status="pending", failures=0, not_before=None, error=None, finished=None)
+        rec.update(
+            index=job.index, spec_hash=spec_hash,
+            spec={**job.describe(), "seed": job.seed},
+            config_file=f"configs/{job.id}.yaml", trial_dir=f"trials/{job.id}", log=f"logs/{job.id}.log",
+            retries=job.retries,
+        )
+        if job.image:
+            first = job.image if isinstance(job.image, str) else job.image[0]
+            rel = f"inputs/{job.id}{Path(first).suffix.lower()}"
+            if not self.path(rel).is_file():
+                self.path(rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(first, self.path(rel))
+            rec["input_image"] = rel
+        cfg = job.composed.copy()
+        cfg.trial_dir = str(self.path(rec["trial_dir"]))
+        atomic_write_text(self.path(rec["config_file"]), OmegaConf.to_yaml(cfg))
+        self.path("logs").mkdir(exist_ok=True)
+
+    def _reset(self, job_id: str, why: str) -> Dict[str, Any]:
+        """Start a job afresh; its old trial directory is kept aside as ``<id>.old-<k>``."""
+        trial = self.path(f"trials/{job_id}")
+        if trial.exists():
+            k = 1
+            while self.path(f"trials/{job_id}.old-{k}").exists():
+                k += 1
+            trial.rename(self.path(f"trials/{job_id}.old-{k}"))
+            self.view.event(f"job '{job_id}' starts afresh ({why}); previous trial kept as trials/{job_id}.old-{k}")
+        rec = self.state.jobs[job_id] = new_job_record(job_id, self.state.jobs[job_id]["index"])
+        return rec
+
+    def _recover_stale(self, rec: Dict[str, Any]) -> None:
+        """A job marked running by a runner that died: stop any leftover process; resume later."""
+        attempt = rec["attempts"][-1] if rec["attempts"] else {}
+        handle = self.launcher.reattach({**attempt, "config_file": str(self.path(rec["config_file"]))})
+        if handle is not None:
+            self._reattached[rec["id"]] = handle
+            return
+        ended = now()
+        if attempt and attempt.get("outcome") is None:
+            log = self.path(rec["log"])
+            last_write = log.stat().st_mtime if log.is_file() else ended
+            attempt.update(ended=ended, seconds=round(max(last_write - attempt["started"], 0.0), 2),
+                           outcome="interrupted", error="the runner stopped while this job ran")
+            rec["seconds"] += attempt["seconds"]
+        rec["status"] = "pending"
+        self.view.event(f"job '{rec['id']}' was left running by an earlier runner: it will resume")
+
+    # ------------------------------------------------------------ scheduling
+    def _next_job(self) -> Optional[Dict[str, Any]]:
+        t = time.time()
+        for rec in self.state.ordered():
+            if rec["id"] in self.jobs and rec["status"] == "pending" and (rec.get("not_before") or 0) <= t:
+                return rec
+        return None
+
+    def _has_work(self) -> bool:
+        return any(rec["status"] == "pending" for rec in self.state.jobs.values() if rec["id"] in self.jobs)
+
+    def _loop(self) -> int:
+        # slurm jobs that kept running while no runner watched them
+        for job_id, handle in self._reattached.items():
+            rec = self.state.jobs[job_id]
+            free = [s for s in self.launcher.slots if s not in self.running]
+            slot = free[0] if free else f"reattached-{job_id}"
+            attempt = rec["attempts"][-1]
+            self.running[slot] = _Running(job_id, slot, handle, attempt["started"], attempt["n"],
+                                          attempt.get("log_offset", 0))
+            self.view.event(f"watching {job_id} again (still running as {handle.ident})")
+        handled = 0
+        while True:
+            if self._signals > handled:
+                handled = self._signals
+                self._stop(force=handled > 1)
+            if not self._stopping:
+                for slot in self.launcher.slots:
+                    if slot in self.running:
+                        continue
+                    rec = self._next_job()
+                    if rec is None:
+                        break
+                    self._start(slot, rec)
+            self._poll()
+            if not self.running and (self._stopping or not self._has_work()):
+                break
+            self.view.tick()
+            time.sleep(self.poll_interval)
+        if self._stopping:
+            self.view.event("stopped; re-run the same command to continue")
+            return 130
+        counts = self.state.counts()
+        failed = [r["id"] for r in self.state.with_status("failed") if r["id"] in self.jobs]
+        self.view.event(f"batch finished: {counts['done']} done, {len(failed)} failed"
+                        + (f" ({', '.join(failed)})" if failed else ""))
+        return 1 if failed else 0
+
+    def _stop(self, force: bool) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.view.event(f"stopping: {len(self.running)} running job(s) save a checkpoint and exit "
+                            f"(press Ctrl-C again to kill them now)")
+            for run in self.running.values():
+                run.handle.interrupt()
+                run.kill_at = time.time() + self.grace
+        elif force:
+            self.view.event("killing the running job(s) now; they resume from their last periodic checkpoint")
+            for run in self.running.values():
+                run.handle.kill()
+
+    def _abandon_running(self) -> None:
+        """Interrupt every running job, wait for them (up to ``grace``) and mark them pending."""
+        self._stopping = True
+        for run in self.running.values():
+            run.handle.interrupt()
+        deadline = time.time() + self.grace
+        while self.running and time.time() < deadline:
+            self._poll()
+            time.sleep(self.poll_interval)
+        for run in list(self.running.values()):
+            run.handle.kill()
+            rec = self.state.jobs[run.job_id]
+            rec["status"] = "pending"
+            rec["attempts"][-1].update(ended=now(), outcome="interrupted")
+        self.running.clear()
+
+    def _start(self, slot: str, rec: Dict[str, Any]) -> None:
+        job = self.jobs[rec["id"]]
+        config_file = str(self.path(rec["config_file"]))
+        ckpt = str(self.path(rec["trial_dir"]) / "ckpts" / "last.ckpt")
+        resumed = checkpoint_step(ckpt) if os.path.isfile(ckpt) else None
+        extra = oom_overrides(config_file, job.oom_halve, rec.get("oom_count", 0))
+        cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, "--train", *extra]
+        attempt_no = len(rec["attempts"]) + 1
+        log_path = self.path(rec["log"])
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      + (f", resuming from step {resumed}" if resumed is not None else "")
+                      + (f", back-off: {' '.join(extra)}" if extra else "") + " =====\n")
+        offset = log_path.stat().st_size
+        env = {**job.env, "PYTHONUNBUFFERED": "1"}
+        handle = self.launcher.start(slot, job.id, cmd, ckpt, env, str(log_path))
+        started = time.time()
+        rec["attempts"].append({
+            "n": attempt_no, "worker": slot, "started": round(started, 3), "ended": None, "seconds": None,
+            "rc": None, "outcome": None, "error": None, "resumed_from_step": resumed,
+            "overrides_added": extra, "log_offset": offset, **handle.ident,
+        })
+        rec["status"] = "running"
+        rec["not_before"] = None
+        rec["first_started"] = rec.get("first_started") or round(started, 3)
+        self.running[slot] = _Running(job.id, slot, handle, started, attempt_no, offset,
+                                      deadline=started + job.timeout if job.timeout else None, extra=extra)
+        self.state.save()
+        how = f"resuming from step {resumed}" if resumed is not None else "from scratch"
+        self.view.event(f"start  {job.id} on {slot} (attempt {attempt_no}, {how}"
+                        + (f", {' '.join(extra)}" if extra else "") + ")")
+
+    def _poll(self) -> None:
+        t = time.time()
+        for slot, run in list(self.running.items()):
+            result = run.handle.poll()
+            if result is None:
+                if run.deadline and t > run.deadline and not run.timed_out and not self._stopping:
+                    run.timed_out = True
+                    run.kill_at = t + self.grace
+                    self.view.event(f"job {run.job_id} ran past its timeout: stopping it")
+                    run.handle.interrupt()
+                elif run.kill_at and t > run.kill_at:
+                    run.handle.kill()
+                    run.kill_at = t + 30
+                continue
+            del self.running[slot]
+            self._finish(run, result)
+
+    def _read_log(self, rec: Dict[str, Any], offset: int) -> str:
+        try:
+            with open(self.path(rec["log"]), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(offset, size - LOG_TAIL_BYTES))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _finish(self, run: _Running, result: AttemptResult) -> None:
+        rec = self.state.jobs[run.job_id]
+        job = self.jobs[run.job_id]
+        ended = time.time()
+        text = self._read_log(rec, run.log_offset)
+        outcome, error = classify(result.rc, text, timed_out=run.timed_out, stopping=self._stopping,
+                                  launcher_error=result.error)
+        seconds = round(ended - run.started, 2)
+        attempt = rec["attempts"][-1]
+        attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error)
+        rec["seconds"] = round(rec["seconds"] + seconds, 2)
+        if outcome == "ok":
+            rec.update(status="done", finished=round(ended, 3), error=None)
+            rec["result"] = collect_result(self.batch_dir, rec["trial_dir"])
+            loss = rec["result"].get("final_loss")
+            self.view.event(f"done   {job.id} in {format_seconds(rec['seconds'])}"
+                            + (f", final loss {loss:.4g}" if loss is not None else ""))
+        elif outcome == "interrupted":
+            rec["status"] = "pending"
+            self.view.event(f"paused {job.id} (checkpoint kept)")
+        else:
+            rec["failures"] += 1
+            rec["error"] = error
+            if outcome == "oom":
+                rec["oom_count"] = rec.get("oom_count", 0) + 1
+            first_line = (error or "").splitlines()[0] if error else ""
+            if outcome == "config" or rec["failures"] > job.retries:
+                rec.update(status="failed", finished=round(ended, 3))
+                rec["result"] = collect_result(self.batch_dir, rec["trial_dir"])
+                self.view.event(f"FAILED {job.id} [{outcome}] after {rec['failures']} failure(s): {first_line}")
+            else:
+                delay = retry_delay(job.retry_delay, rec["failures"])
+                rec.update(status="pending", not_before=round(ended + delay, 3))
+                self.view.event(f"retry  {job.id} [{outcome}] in {format_seconds(delay)} "
+                                f"({rec['failures']}/{job.retries} retries used): {first_line}")
+        self.state.save()
+        write_gallery(self.state)
+
+    # ------------------------------------------------------------ progress
+    def job_step(self, job_id: str) -> str:
+        """``step/max`` of a running job, read from the tail of its log."""
+        rec = self.state.jobs[job_id]
+        try:
+            with open(self.path(rec["log"]), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 4096, 0))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return "-"
+        found = re.findall(r"(step|turntable frame) (\d+)/(\d+)", tail)
+        if not found:
+            return "-"
+        kind, done, total = found[-1]
+        return f"{done}/{total}" if kind == "step" else f"turntable {done}/{total}"
+
+    def overview(self) -> str:
+        """``done 3/10, running 2, failed 1, pending 4, ETA 1h02m``."""
+        recs = [r for r in self.state.jobs.values() if r["id"] in self.jobs]
+        done = [r for r in recs if r["status"] == "done"]
+        n_failed = sum(r["status"] == "failed" for r in recs)
+        n_pending = sum(r["status"] == "pending" for r in recs)
+        eta = "-"
+        if done and (n_pending or self.running):
+            avg = sum(r["seconds"] for r in done) / len(done)
+            t = time.time()
+            left = n_pending * avg + sum(max(avg - (t - run.started), 0.1 * avg) for run in self.running.values())
+            eta = format_seconds(left / max(len(self.launcher.slots), 1))
+        return (f"done {len(done)}/{len(recs)}, running {len(self.running)}, failed {n_failed}, "
+                f"pending {n_pending}, ETA {eta}")
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``--batch`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Run a queue of jobs (prompts/images) overnight; resume by re-running the same command. "
+                    "Extra key=value arguments override the config of every job. See docs/batch.md.",
+    )
+    parser.add_argument("--batch", required=True, metavar="JOBS", help="job file: YAML, or plain text (one prompt per line)")
+    parser.add_argument("--config", help="default recipe for jobs that name none (needed by a plain-text job file)")
+    parser.add_argument("--out", help="batch folder (default: <output_dir>/<name> from the job file, "
+                                      "outputs/batches/<job file name>)")
+    parser.add_argument("--gpus", help="GPU ids, one worker each, e.g. 0,1,2,3; 'cpu' to run on CPU "
+                                       "(default: every visible GPU, else one CPU worker)")
+    parser.add_argument("--workers", type=int, default=1, help="number of CPU workers when there is no GPU (default 1)")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local worker processes (default) or SLURM through submitit")
+    parser.add_argument("--retry-failed", action="store_true", help="give failed jobs a new set of attempts")
+    parser.add_argument("--redo", default="", metavar="IDS", help="comma-separated job ids to run again from scratch")
+    parser.add_argument("--check", action="store_true", help="validate the job file, list the jobs and exit")
+    parser.add_argument("--gallery-only", action="store_true", help="rewrite index.html/summary.json from the state and exit")
+    parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines off a terminal")
+    parser.add_argument("--grace", type=float, default=120.0,
+                        help="seconds a stopped job gets to save its checkpoint before it is killed")
+    slurm = parser.add_argument_group("slurm (with --launcher slurm; needs `pip install submitit`)")
+    slurm.add_argument("--slurm-partition")
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job (default 1440)")
+    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1)")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (default 8)")
+    slurm.add_argument("--slurm-mem-gb", type=int, help="memory per job")
+    slurm.add_argument("--slurm-account")
+    slurm.add_argument("--slurm-qos")
+    slurm.add_argument("--slurm-constraint")
+    slurm.add_argument("--slurm-setup", action="append", default=[],
+                       help="shell line run before each job, e.g. 'source ~/venv/bin/activate' (repeatable)")
+    slurm.add_argument("--slurm-max-parallel", type=int, default=32, help="jobs queued on the cluster at once")
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                       help="submitit executor: 'local' runs the same submissions on this machine (testing)")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def _print_check(spec: BatchSpec, stream: TextIO) -> None:
+    print(f"batch '{spec.name}' -> {spec.output_dir}: {len(spec.jobs)} job(s), all valid", file=stream)
+    for job in spec.jobs:
+        cond = f'prompt "{job.prompt}"' if job.prompt else (f"image {job.image}" if job.image else "no condition")
+        print(f"  {job.id:<32} job {job.index:<3} {Path(job.config).name:<24} seed {job.seed:<5} {cond}", file=stream)
+
+
+def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:
+    """``launch.py --batch ...``; returns the exit status."""
+    stream = stream or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = build_parser().parse_known_args(argv)
+    unknown = [e for e in extras if e.startswith("-") or "=" not in e]
+    if unknown:
+        print(f"error: unknown argument(s) {unknown}; config overrides are key=value.", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    try:
+        spec = load_job_file(args.batch, config=args.config, overrides=extras, output_dir=args.out,
+                             validate=not args.gallery_only)
+    except JobFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        _print_check(spec, stream)
+        return 0
+    if args.gallery_only:
+        state = BatchState.load(spec.output_dir)
+        index, _ = write_gallery(state)
+        print(f"Gallery: {index}", file=stream)
+        return 0
+    if args.launcher == "slurm":
+        from threestudio_like.batch.slurm import SlurmLauncher, SlurmUnavailable
+
+        try:
+            launcher: Any = SlurmLauncher.from_args(Path(spec.output_dir) / "slurm", args)
+        except SlurmUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        if args.gpus and args.gpus.strip().lower() == "cpu":
+            gpus: List[str] = []
+        elif args.gpus:
+            gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        else:
+            gpus = detect_gpus()
+        launcher = LocalLauncher(gpus, workers=args.workers)
+    runner = Runner(spec, launcher, retry_failed=args.retry_failed,
+                    redo=[r.strip() for r in args.redo.split(",") if r.strip()],
+                    progress_every=args.progress_every, grace=args.grace, stream=stream)
+    unknown_ids = sorted(runner.redo - set(runner.jobs))
+    if unknown_ids:
+        print(f"error: --redo names unknown job id(s) {unknown_ids}", file=sys.stderr)
+        return 2
+    try:
+        return runner.run()
+    except BatchLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
