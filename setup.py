@@ -31,9 +31,16 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "submitit>=1.5"],
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "submitit>=1.5",
+            "opencv-python-headless>=4.8,<5",
+            "matplotlib>=3.7",
+        ],
         "slurm": ["submitit>=1.5"],
         "gpu": ["tinycudann"],
+        "bench": ["opencv-python-headless>=4.8,<5", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["threestudio-like=threestudio_like.cli:main"]},
 )

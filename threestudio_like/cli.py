@@ -17,6 +17,8 @@ USAGE_EXAMPLES = """examples:
   python launch.py --batch jobs.yaml [--gpus 0,1]   (a queue of jobs; see --batch --help, docs/batch.md)
   python launch.py --config mvdream-sd21.yaml --sample prompt="a corgi"   (4 views from the prior: a weights check)
   python launch.py --convert mvdream sd-v2.1-base-4view.pt weights/mvdream-sd21   (original checkpoint -> diffusers folder)
+  python launch.py --config zero123-sjc.yaml --train image=object_rgba.png   (image-to-3D; --sample: novel views)
+  python launch.py --convert zero123 105000.ckpt weights/zero123-105000
 """
 
 
@@ -91,7 +93,7 @@ def convert_main(argv: Sequence[str]) -> int:
     """``--convert KIND SRC DST``: an original checkpoint -> a diffusers folder (safetensors)."""
     parser = argparse.ArgumentParser(prog="launch.py --convert", description=convert_main.__doc__)
     parser.add_argument("--convert", nargs=3, metavar=("KIND", "SRC", "DST"), required=True,
-                        help="KIND: mvdream; SRC: checkpoint file or Hugging Face id; DST: output folder")
+                        help="KIND: mvdream | zero123; SRC: checkpoint file or Hugging Face id; DST: output folder")
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or id to copy into DST")
     args = parser.parse_args(argv)
     kind, src, dst = args.convert

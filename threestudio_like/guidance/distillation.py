@@ -7,7 +7,7 @@ gradient with respect to the rendered latents is exactly that update.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,3 +133,127 @@ def exact_posterior_mean(
         logits = logits + (log_prior if log_prior.dim() == 2 else log_prior[None])
     weights = torch.softmax(logits, dim=1)
     return (weights[..., None] * flat_d).sum(1).reshape(x_t.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Score Jacobian Chaining (Wang et al. 2023), as in zero123's 3drec
+#
+# SJC works in the variance-exploding view of the DDPM forward process: ``z = x_t / alpha_t =
+# x_0 + sigma eps`` with ``sigma = sqrt((1 - abar_t) / abar_t)``. A render ``y`` is perturbed to
+# ``z = y + sigma n``; the network sees ``z / sqrt(1 + sigma^2)`` (= ``x_t``); its guided noise
+# gives the denoised estimate ``D = z - sigma eps_hat``; the update ascends ``(D - y) / sigma``.
+# "Perturb-and-average scoring" (PAAS) averages that over several noise draws ``n``.
+
+
+def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """SJC's noise levels ``sigma_t = sqrt((1 - abar_t) / abar_t)``, indexed by DDPM timestep."""
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def ve_network_input(z: Tensor, sigma: Tensor) -> Tensor:
+    """The network input ``z / sqrt(1 + sigma^2)`` (= ``alpha_t z``, the DDPM ``x_t``) of a
+    VE sample ``z``; ``sigma`` broadcasts against ``z``."""
+    return z / (1 + sigma**2).sqrt()
+
+
+def ve_denoised(z: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+    """Denoised estimate ``D(z; sigma) = z - sigma eps_hat`` (equal to the DDPM x0 prediction)."""
+    return z - sigma * eps
+
+
+def sjc_gradient(denoised: Tensor, y: Tensor, z: Tensor, sigma: Tensor, var_red: bool = True) -> Tensor:
+    """SJC's ascent direction on the render ``y`` from one perturbation ``z = y + sigma n``.
+
+    ``(D - y) / sigma`` with variance reduction (= ``n - eps_hat``), else ``(D - z) / sigma``
+    (= ``-eps_hat``). In expectation over ``n`` both equal ``sigma`` times the score of the
+    data smoothed at ``sqrt(2) sigma`` (3drec drops one factor of ``1 / sigma``).
+    """
+    return (denoised - (y if var_red else z)) / sigma
+
+
+def perturb_and_average(
+    y: Tensor,
+    t: Tensor,
+    sigma: Tensor,
+    predict_noise,
+    n_perturb: int = 1,
+    var_red: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """PAAS: the SJC ascent direction averaged over ``n_perturb`` noise draws (no grad).
+
+    ``y`` ``[B, ...]``; ``t`` ``[B]`` timesteps whose noise levels are ``sigma`` ``[B]``. The
+    draws are scored in one call ``predict_noise(x_t, t)`` on ``[n_perturb * B, ...]`` stacked
+    draw-major (row ``k * B + b`` is draw ``k`` of view ``b``), so a closure repeats per-view
+    conditions with ``.repeat(n_perturb, ...)``.
+    """
+    with torch.no_grad():
+        y = y.detach()
+        batch = y.shape[0]
+        noise = torch.randn((n_perturb, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
+        s = _broadcast(sigma, y)[None]
+        z = (y[None] + s * noise).reshape(n_perturb * batch, *y.shape[1:])
+        s_flat = s.expand(n_perturb, *s.shape[1:]).reshape(n_perturb * batch, *s.shape[2:])
+        eps = predict_noise(ve_network_input(z, s_flat), t.repeat(n_perturb)).to(y.dtype)
+        denoised = ve_denoised(z, s_flat, eps)
+        y_rep = y[None].expand(n_perturb, *y.shape).reshape(z.shape)
+        grads = sjc_gradient(denoised, y_rep, z, s_flat, var_red)
+        return torch.nan_to_num(grads.reshape(n_perturb, *y.shape).mean(0))
+
+
+def sjc_update(
+    latents: Tensor,
+    predict_noise,
+    alphas_cumprod: Tensor,
+    min_step: int,
+    max_step: int,
+    n_perturb: int = 1,
+    var_red: bool = True,
+    shared_timestep: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, Tensor]:
+    """One SJC step on ``latents`` ``[B, ...]`` (requires grad): ``loss_sjc`` and diagnostics.
+
+    ``t`` is uniform in ``[min_step, max_step]`` (3drec: ``sigma`` uniform over the ticks
+    ``us[30:-10]``, i.e. ``t`` in ``[10, 969]``) and ``sigma = sqrt((1 - abar_t) / abar_t)``; the
+    ascent direction is :func:`perturb_and_average`'s. ``loss_sjc`` has gradient ``-ascent / B``
+    with respect to ``latents`` (3drec calls ``y.backward(-grad)`` with B = 1).
+    """
+    batch = latents.shape[0]
+    t = sample_timesteps(batch, min_step, max_step, shared_timestep, device=latents.device, generator=generator)
+    sigma = ve_sigmas(alphas_cumprod.to(latents.device).double())[t].to(latents.dtype)
+    ascent = perturb_and_average(latents, t, sigma, predict_noise, n_perturb, var_red, generator)
+    return {
+        "loss_sjc": loss_from_gradient(latents, -ascent),
+        "grad_norm": ascent.norm(),
+        "timestep": t.float().mean(),
+        "sigma": sigma.mean(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Perp-Neg (Armandpour et al. 2023), as in threestudio's stable_diffusion_guidance
+
+
+def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
+    """The part of ``x`` perpendicular to ``y``, per sample (first dimension)."""
+    b = x.shape[0]
+    xf, yf = x.reshape(b, -1), y.reshape(b, -1)
+    coef = (xf * yf).sum(1, keepdim=True) / (yf * yf).sum(1, keepdim=True).clamp_min(1e-12)
+    return (xf - coef * yf).reshape(x.shape)
+
+
+def perp_neg_guidance(
+    eps_uncond: Tensor, eps_pos: Tensor, eps_negs: Tensor, neg_weights: Tensor, scale: float
+) -> Tensor:
+    """``eps_u + s (e_pos + sum_i w_i perp(e_neg_i, e_pos))`` with ``e = eps - eps_u``.
+
+    ``eps_negs`` ``[B, N, ...]`` (N negative prompts per view), ``neg_weights`` ``[B, N]``
+    (negative numbers push away from the negative prompts).
+    """
+    e_pos = eps_pos - eps_uncond
+    accum = torch.zeros_like(e_pos)
+    for i in range(eps_negs.shape[1]):
+        e_neg = eps_negs[:, i] - eps_uncond
+        accum = accum + _broadcast(neg_weights[:, i], e_pos) * perpendicular_component(e_neg, e_pos)
+    return eps_uncond + scale * (e_pos + accum)

@@ -102,11 +102,16 @@ def _load_exact(build: Callable[[], nn.Module], state_dict: Dict[str, Tensor], w
 # models from ldm state dicts, and at toy size
 
 
-def unet_from_ldm(unet_sd: Dict[str, Tensor], num_head_channels: int = 64, sample_size: int = 32) -> nn.Module:
-    """A ``UNet2DConditionModel`` holding the weights of an ldm UNet state dict."""
+def unet_from_ldm(
+    unet_sd: Dict[str, Tensor], num_head_channels: int = 64, sample_size: int = 32, num_heads: Optional[int] = None
+) -> nn.Module:
+    """A ``UNet2DConditionModel`` holding the weights of an ldm UNet state dict.
+
+    ``num_heads`` fixes the head count at every level (SD1.x) instead of the head width.
+    """
     from diffusers import UNet2DConditionModel
 
-    ldm = LC.infer_ldm_unet_config(unet_sd, num_head_channels)
+    ldm = LC.infer_ldm_unet_config(unet_sd, num_head_channels, num_heads=num_heads)
     config = LC.diffusers_unet_config(ldm, sample_size=sample_size)
     converted = LC.convert_ldm_unet(unet_sd, ldm["num_res_blocks"])
     return _load_exact(lambda: UNet2DConditionModel(**config), converted, "UNet")
@@ -252,11 +257,14 @@ class LatentDiffusionGuidance(BaseGuidance):
         posterior = self.vae.encode(x).latent_dist
         return (posterior.sample() * self.vae.config.scaling_factor).float()
 
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """Scaled latents -> images ``[B, H, W, 3]`` in [0, 1] (fp32)."""
+    def decode_latents(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        """Scaled latents -> images ``[B, H, W, 3]`` in [0, 1] (fp32).
+
+        ``clamp=False`` keeps values outside [0, 1] (and their gradients) for losses on decodes.
+        """
         z = (latents / self.vae.config.scaling_factor).to(self.device, self.weights_dtype)
-        x = self.vae.decode(z).sample.float()
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+        x = ((self.vae.decode(z).sample.float() + 1.0) / 2.0).permute(0, 2, 3, 1)
+        return x.clamp(0.0, 1.0) if clamp else x
 
     def latents_from_rgb_as_latents(self, rgb: Tensor) -> Tensor:
         """``rgb_as_latents=True``: a 4-channel render in [0, 1] resized to the latent grid."""

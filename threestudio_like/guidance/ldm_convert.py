@@ -60,8 +60,13 @@ _RESBLOCK = {
 }
 
 
-def infer_ldm_unet_config(unet: StateDict, num_head_channels: int = 64) -> Dict[str, Any]:
-    """The ldm UNet hyper-parameters implied by a UNet state dict's keys and shapes."""
+def infer_ldm_unet_config(
+    unet: StateDict, num_head_channels: int = 64, num_heads: Optional[int] = None
+) -> Dict[str, Any]:
+    """The ldm UNet hyper-parameters implied by a UNet state dict's keys and shapes.
+
+    ``num_heads`` (SD1.x, Zero-1-to-3: 8 heads at every level) overrides ``num_head_channels``.
+    """
     keys = list(unet)
     if "input_blocks.0.0.weight" not in unet:
         raise ConversionError("Not an ldm UNet state dict: 'input_blocks.0.0.weight' is missing.")
@@ -94,6 +99,7 @@ def infer_ldm_unet_config(unet: StateDict, num_head_channels: int = 64) -> Dict[
         "use_linear_in_transformer": bool(proj_in) and unet[proj_in[0]].dim() == 2,
         "transformer_depth": depth,
         "camera_dim": unet["camera_embed.0.weight"].shape[1] if "camera_embed.0.weight" in unet else None,
+        "num_heads": num_heads,
     }
     return cfg
 
@@ -108,6 +114,8 @@ def diffusers_unet_config(ldm: Dict[str, Any], sample_size: int = 32, norm_num_g
     channels = [ldm["model_channels"] * m for m in ldm["channel_mult"]]
     attention = list(ldm["attention_levels"])
     heads = [max(c // ldm["num_head_channels"], 1) for c in channels]
+    if ldm.get("num_heads"):  # a fixed head count per level (SD1.x) instead of a fixed width
+        heads = [int(ldm["num_heads"])] * len(channels)
     config: Dict[str, Any] = {
         "sample_size": sample_size,
         "in_channels": ldm["in_channels"],
@@ -370,3 +378,95 @@ def to_dtype(state_dict: StateDict, dtype: Optional[torch.dtype]) -> StateDict:
     if dtype is None:
         return state_dict
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# EMA weights of ldm training checkpoints
+
+LDM_EMA_PREFIX = "model_ema."
+
+
+def copy_ldm_ema(state_dict: StateDict, model_prefix: str = "model.") -> Tuple[StateDict, int]:
+    """``state_dict`` with the EMA weights copied over the model weights, and how many.
+
+    ldm's ``LitEma`` keeps a shadow of each trainable parameter ``model.<name>`` as the buffer
+    ``model_ema.<name without dots>`` (plus ``decay``/``num_updates``); this is its
+    ``copy_to(model)`` on a state dict. The EMA entries themselves are dropped.
+    """
+    out = {k: v for k, v in state_dict.items() if not k.startswith(LDM_EMA_PREFIX)}
+    copied = 0
+    for key in out:
+        if key.startswith(model_prefix):
+            shadow = LDM_EMA_PREFIX + key[len(model_prefix):].replace(".", "")
+            if shadow in state_dict:
+                out[key] = state_dict[shadow]
+                copied += 1
+    return out, copied
+
+
+# ------------------------------------------------------------------------------------------
+# OpenAI CLIP image tower (``clip.load('ViT-L/14')``, Zero-1-to-3's image embedder)
+
+OPENAI_CLIP_VISUAL_PREFIX = "visual."
+_CLIP_VISUAL_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+
+def infer_openai_clip_visual_config(visual: StateDict, head_width: int = 64) -> Dict[str, Any]:
+    """``CLIPVisionConfig`` keyword arguments for an OpenAI CLIP ViT image tower (``visual.``
+    prefix stripped); OpenAI's ViTs use QuickGELU and 64-wide heads."""
+    if "conv1.weight" not in visual or "proj" not in visual:
+        raise ConversionError("Not an OpenAI CLIP image tower: 'conv1.weight' or 'proj' is missing.")
+    width, _, patch, _ = visual["conv1.weight"].shape
+    grid = int(round((visual["positional_embedding"].shape[0] - 1) ** 0.5))
+    return {
+        "hidden_size": width,
+        "intermediate_size": visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        "num_hidden_layers": len(_indices(list(visual), r"transformer\.resblocks\.(\d+)\.")),
+        "num_attention_heads": max(width // head_width, 1),
+        "image_size": grid * patch,
+        "patch_size": patch,
+        "projection_dim": visual["proj"].shape[1],
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+    }
+
+
+def convert_openai_clip_visual(visual: StateDict) -> StateDict:
+    """OpenAI CLIP image-tower keys (``visual.`` stripped) -> ``CLIPVisionModelWithProjection``
+    keys. The projection ``proj`` ``[width, dim]`` becomes ``visual_projection.weight`` (its
+    transpose); fused attention ``in_proj`` weights are split into q, k, v."""
+    out: StateDict = {}
+    used: set = set()
+    simple = {
+        "class_embedding": "vision_model.embeddings.class_embedding",
+        "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "ln_post.weight": "vision_model.post_layernorm.weight",
+        "ln_post.bias": "vision_model.post_layernorm.bias",
+    }
+    for key, value in visual.items():
+        if key in simple:
+            out[simple[key]] = value
+        elif key == "proj":
+            out["visual_projection.weight"] = value.t().contiguous()
+        elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
+            prefix = f"vision_model.encoder.layers.{m.group(1)}.self_attn"
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"{prefix}.{name}.{m.group(2)}"] = part.clone()
+        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", key):
+            if m.group(2) not in _CLIP_VISUAL_BLOCK:
+                continue
+            out[f"vision_model.encoder.layers.{m.group(1)}.{_CLIP_VISUAL_BLOCK[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            continue
+        used.add(key)
+    _check_all_used(visual, used, "OpenAI CLIP image tower")
+    return out

@@ -133,6 +133,12 @@ class ReferenceObjectGuidance(BaseGuidance):
         """Rays per chunk when rendering the reference object."""
         geometry: dict = field(default_factory=dict)
         """Overrides for the reference-object geometry (density_scale, softness)."""
+        update_rule: str = "sds"
+        """sds | sjc (Score Jacobian Chaining with perturb-and-average scoring)."""
+        n_perturb: int = 1
+        """SJC: noise draws averaged per view."""
+        var_red: bool = True
+        """SJC: variance-reduced gradient (D - y) / sigma instead of (D - z) / sigma."""
 
     cfg: Config
     MODES = ("camera-conditioned",)
@@ -144,6 +150,8 @@ class ReferenceObjectGuidance(BaseGuidance):
                 f"reference-object-guidance mode '{self.cfg.mode}' is not available; "
                 f"choose one of {', '.join(self.MODES)}."
             )
+        if self.cfg.update_rule not in ("sds", "sjc"):
+            raise ValueError(f"update_rule must be sds or sjc, got {self.cfg.update_rule!r}.")
         if self.cfg.guidance_scale != 1.0:
             raise ValueError(
                 "The camera-conditioned reference prior has no unconditional branch: "
@@ -209,7 +217,13 @@ class ReferenceObjectGuidance(BaseGuidance):
 
         def predict_noise(x_t: Tensor, t: Tensor) -> Tensor:
             alpha, sigma = D.alpha_sigma(self.alphas_cumprod, t, x_t)
-            x0 = D.exact_posterior_mean(x_t, alpha, sigma, target[:, None])
+            candidates = target.repeat(x_t.shape[0] // target.shape[0], 1, 1, 1)  # SJC: k draws per view
+            x0 = D.exact_posterior_mean(x_t, alpha, sigma, candidates[:, None])
             return D.eps_from_x0(x_t, x0, t, self.alphas_cumprod)
 
+        if self.cfg.update_rule == "sjc":
+            return D.sjc_update(
+                latents, predict_noise, self.alphas_cumprod, self.min_step, self.max_step,
+                self.cfg.n_perturb, self.cfg.var_red, self.cfg.shared_timestep,
+            )
         return self.sds(latents, predict_noise)

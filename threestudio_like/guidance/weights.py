@@ -201,12 +201,14 @@ def resolve_weights(
     what: str = "the model",
     subfolders: Sequence[str] = (),
     key: str = "pretrained_model_name_or_path",
+    extra_patterns: Sequence[str] = (),
 ) -> WeightsSource:
     """Resolve ``pretrained_model_name_or_path`` to a local folder or file (see module doc).
 
     ``subfolders`` are the diffusers components the caller needs (``unet``, ``vae`` ...): a
     folder must contain them, and a Hugging Face diffusers repo is fetched only for them.
-    ``key`` is the config key named in error messages.
+    ``key`` is the config key named in error messages. ``extra_patterns`` are further files a
+    Hugging Face diffusers repo is fetched for (optional components, ``.bin`` weights).
     """
     name = str(name_or_path).strip()
     if name == TINY_RANDOM:
@@ -233,11 +235,12 @@ def resolve_weights(
     hub = _hub_parts(name)
     if hub is None:
         raise missing_weights_error(name, [f"a local file or folder at {os.path.abspath(local)}"], what, key=key)
-    return _resolve_hub(name, hub[0], hub[1], what, subfolders, key)
+    return _resolve_hub(name, hub[0], hub[1], what, subfolders, key, extra_patterns)
 
 
 def _resolve_hub(
-    name: str, repo: str, filename: Optional[str], what: str, subfolders: Sequence[str], key: str
+    name: str, repo: str, filename: Optional[str], what: str, subfolders: Sequence[str], key: str,
+    extra_patterns: Sequence[str] = (),
 ) -> WeightsSource:
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -265,7 +268,8 @@ def _resolve_hub(
     # configs, tokenizer files and the default safetensors weights of the needed components only
     folders = [f"{s}/" for s in subfolders] or [""]
     patterns = ["model_index.json"] + [f"{f}*.{ext}" for f in folders for ext in ("json", "txt", "safetensors")]
-    ignore = ["*.fp16.*", "*.non_ema.*", "*.ema.*"]
+    patterns += list(extra_patterns)
+    ignore = ["*.fp16.*", "*.non_ema.*", "*.ema.*", "*.fp16_ema.*"]
     try:
         path = snapshot_download(
             repo, cache_dir=cache, local_files_only=offline, allow_patterns=patterns, ignore_patterns=ignore
