@@ -224,7 +224,6 @@ def test_sjc_system_wires_every_loss_and_starts_sampled_depth_smoothness_halfway
 
 
 # ------------------------------------------------------------------------------ known answer
-@pytest.mark.slow  # several minutes on 2 cores and not yet meeting its bound: work in progress
 def test_sjc_from_the_front_render_reproduces_the_reference_object(tmp_path):
     """About a minute on 2 cores: 300 SJC steps at 32 x 32 with all of 3drec's losses on."""
     image = _front_render(tmp_path / "front.png", size=128)

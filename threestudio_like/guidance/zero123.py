@@ -114,7 +114,7 @@ PROJECTION_LAYOUTS: Tuple[Tuple[str, str], ...] = (("cc_projection", "projection
 DIFFUSERS_PARTS = ("unet", "vae", "image_encoder")
 
 ORIGINAL_CHECKPOINTS.setdefault(
-    "cvlab/zero123-weights", OriginalCheckpoint("105000.ckpt", "Zero-1-to-3 (105000.ckpt)", "zero123")
+    "cvlab/zero123-weights", OriginalCheckpoint("105000.ckpt", "Zero-1-to-3", "zero123")
 )
 ORIGINAL_CHECKPOINTS.setdefault(
     "stabilityai/stable-zero123", OriginalCheckpoint("stable_zero123.ckpt", "Stable Zero123", "zero123")
