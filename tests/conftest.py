@@ -62,3 +62,24 @@ TINY_OVERRIDES = [
     "system.test_fps=4",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def known_answer_ious(trial: str, step: int = 300):
+    """Volume IoU at 64^3 against the reference object: of a trial's exported mesh, and of the
+    untrained density blob the recipes start from (the bar a real reconstruction must clear)."""
+    import trimesh
+
+    from threestudio_like import find
+    from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
+    from threestudio_like.guidance.reference_object import ReferenceObjectGeometry
+
+    truth = ReferenceObjectGeometry({}).occupancy
+    path = os.path.join(trial, "save", f"it{step}-export", "model.ply")
+    mesh = trimesh.load(path, force="mesh", process=False)
+    untrained = find("hashgrid-implicit-volume")(
+        {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
+         "isosurface_resolution": 64, "isosurface_threshold": 5.0,
+         "pos_encoding_config": {"n_levels": 12, "log2_hashmap_size": 16, "per_level_scale": 1.3}}
+    )
+    blob = MeshExporter({}).build_mesh(untrained, find("no-material")({}))
+    return mesh, volume_iou(mesh, truth, resolution=64), volume_iou(blob, truth, resolution=64)

@@ -10,12 +10,8 @@ from __future__ import annotations
 import glob
 import os
 
-import trimesh
-
+from conftest import known_answer_ious
 from threestudio_like.cli import main
-from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
-from threestudio_like.guidance.reference_object import ReferenceObjectGeometry
-from threestudio_like import find
 
 SHORT_DEMO = [
     "data.height=32",
@@ -36,18 +32,7 @@ SHORT_DEMO = [
 def test_short_demo_reproduces_the_reference_object(tmp_path):
     assert main(["--config", "demo.yaml", "--train", f"exp_root_dir={tmp_path}", *SHORT_DEMO]) == 0
     (trial,) = glob.glob(os.path.join(str(tmp_path), "demo", "*"))
-    truth = ReferenceObjectGeometry({}).occupancy
-    mesh = trimesh.load(os.path.join(trial, "save", "it300-export", "model.ply"), force="mesh", process=False)
-    trained_iou = volume_iou(mesh, truth, resolution=64)
-
-    # the same geometry before training: the initial density blob
-    untrained = find("hashgrid-implicit-volume")(
-        {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
-         "isosurface_resolution": 64, "isosurface_threshold": 5.0,
-         "pos_encoding_config": {"n_levels": 12, "log2_hashmap_size": 16, "per_level_scale": 1.3}}
-    )
-    blob = MeshExporter({}).build_mesh(untrained, find("no-material")({}))
-    blob_iou = volume_iou(blob, truth, resolution=64)
+    mesh, trained_iou, blob_iou = known_answer_ious(trial)
 
     print(f"volume IoU at 64^3: trained {trained_iou:.3f}, untrained blob {blob_iou:.3f}")
     assert trained_iou >= 0.5

@@ -13,6 +13,7 @@ import torch
 import trimesh
 
 from threestudio_like import find
+from conftest import known_answer_ious
 from threestudio_like.cli import main
 from threestudio_like.config import load_config
 from threestudio_like.data.random_camera import make_batch
@@ -233,15 +234,7 @@ def test_sjc_from_the_front_render_reproduces_the_reference_object(tmp_path):
             "checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=1000"]
     assert main(args) == 0
     (trial,) = glob.glob(os.path.join(str(tmp_path), "demo-sjc", "*"))
-    truth = ReferenceObjectGeometry({}).occupancy
-    mesh = trimesh.load(os.path.join(trial, "save", "it300-export", "model.ply"), force="mesh", process=False)
-    trained_iou = volume_iou(mesh, truth, resolution=64)
-    untrained = find("hashgrid-implicit-volume")(
-        {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
-         "isosurface_resolution": 64, "isosurface_threshold": 5.0,
-         "pos_encoding_config": {"n_levels": 12, "log2_hashmap_size": 16, "per_level_scale": 1.3}}
-    )
-    blob_iou = volume_iou(MeshExporter({}).build_mesh(untrained, find("no-material")({})), truth, resolution=64)
+    mesh, trained_iou, blob_iou = known_answer_ious(trial)
     print(f"SJC volume IoU at 64^3: trained {trained_iou:.3f}, untrained blob {blob_iou:.3f}")
     assert trained_iou >= 0.4
     assert trained_iou > blob_iou + 0.15
