@@ -87,9 +87,13 @@ def test_checkpoints_load_weights_only(tmp_path):
 
     import argparse
 
-    torch.save({"w": torch.ones(1), "hparams": argparse.Namespace(lr=1.0)}, tmp_path / "evil.pt")
-    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
-        load_state_dict_file(str(tmp_path / "evil.pt"))
+    # other Python objects: only the tensors are read (tests/test_ckpt_loading.py has the details)
+    torch.save({"w": torch.ones(1), "hparams": argparse.Namespace(lr=1.0)}, tmp_path / "extra.pt")
+    assert list(load_state_dict_file(str(tmp_path / "extra.pt"))) == ["w"]
+    # a pickle that is not a torch checkpoint at all is refused with the file's name
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02cbuiltins\nprint\nX\x02\x00\x00\x00hi\x85R.")
+    with pytest.raises(UnsafeCheckpointError, match="junk.pt"):
+        load_state_dict_file(str(tmp_path / "junk.pt"))
 
 
 def test_rerandomize_leaves_no_zero_layer():

@@ -18,7 +18,7 @@ silently drop weights. Attention head counts cannot be read from shapes; they co
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -384,24 +384,74 @@ def to_dtype(state_dict: StateDict, dtype: Optional[torch.dtype]) -> StateDict:
 # EMA weights of ldm training checkpoints
 
 LDM_EMA_PREFIX = "model_ema."
+LDM_EMA_BOOKKEEPING = ("decay", "num_updates")
+"""``LitEma``'s own buffers (not shadows of parameters)."""
 
 
-def copy_ldm_ema(state_dict: StateDict, model_prefix: str = "model.") -> Tuple[StateDict, int]:
+def ldm_ema_name(key: str, model_prefix: str = "model.") -> str:
+    """The ``LitEma`` shadow of the parameter ``key``: ``model.diffusion_model.input_blocks.0.0.weight``
+    -> ``model_ema.diffusion_modelinput_blocks00weight`` (the name below ``model.``, dots removed)."""
+    return LDM_EMA_PREFIX + key[len(model_prefix):].replace(".", "")
+
+
+def _listing(names: List[str], limit: int = 4) -> str:
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def copy_ldm_ema(
+    state_dict: StateDict,
+    model_prefix: str = "model.",
+    strict: bool = False,
+    report: Optional[Callable[[str], None]] = print,
+) -> Tuple[StateDict, int]:
     """``state_dict`` with the EMA weights copied over the model weights, and how many.
 
     ldm's ``LitEma`` keeps a shadow of each trainable parameter ``model.<name>`` as the buffer
-    ``model_ema.<name without dots>`` (plus ``decay``/``num_updates``); this is its
-    ``copy_to(model)`` on a state dict. The EMA entries themselves are dropped.
+    ``model_ema.<name without dots>`` (see :func:`ldm_ema_name`) plus its ``decay`` and
+    ``num_updates`` counters, which are ignored; this is its ``copy_to(model)`` on a state dict.
+    The EMA entries themselves are dropped. Parameters under ``model_prefix`` without a shadow
+    keep their raw weights, and shadows without a parameter are unused: both are reported
+    through ``report`` (one line), or raise :class:`ConversionError` when ``strict``.
     """
+    shadows = {
+        k for k in state_dict
+        if k.startswith(LDM_EMA_PREFIX) and k[len(LDM_EMA_PREFIX):] not in LDM_EMA_BOOKKEEPING
+    }
     out = {k: v for k, v in state_dict.items() if not k.startswith(LDM_EMA_PREFIX)}
-    copied = 0
+    used: set = set()
+    missing: List[str] = []
     for key in out:
-        if key.startswith(model_prefix):
-            shadow = LDM_EMA_PREFIX + key[len(model_prefix):].replace(".", "")
-            if shadow in state_dict:
-                out[key] = state_dict[shadow]
-                copied += 1
-    return out, copied
+        if not key.startswith(model_prefix):
+            continue
+        shadow = ldm_ema_name(key, model_prefix)
+        if shadow not in shadows:
+            missing.append(key)
+            continue
+        value = state_dict[shadow]
+        if tuple(value.shape) != tuple(out[key].shape):
+            raise ConversionError(
+                f"EMA weight {shadow} has shape {tuple(value.shape)}, but {key} has {tuple(out[key].shape)}."
+            )
+        out[key] = value
+        used.add(shadow)
+    unused = sorted(shadows - used)
+    problems = []
+    if not shadows:
+        problems.append(f"the checkpoint has no EMA weights ({LDM_EMA_PREFIX}*): its raw weights are used")
+    elif missing:
+        problems.append(f"{len(missing)} of {len(missing) + len(used)} parameters under '{model_prefix}' have "
+                        f"no EMA weight and keep their raw values: {_listing(missing)}")
+    if unused:
+        problems.append(f"{len(unused)} EMA weights match no parameter under '{model_prefix}' and are "
+                        f"ignored: {_listing(unused)}")
+    if problems:
+        message = "EMA: " + "; ".join(problems) + "."
+        if strict:
+            raise ConversionError(message)
+        if report is not None:
+            report(f"note: {message}")
+    return out, len(used)
 
 
 # ------------------------------------------------------------------------------------------
