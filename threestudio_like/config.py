@@ -29,6 +29,7 @@ CONFIG_DIRS = (Path.cwd() / "configs", PACKAGE_ROOT.parent / "configs")
 ALIASES: Dict[str, str] = {
     "prompt": "system.prompt_processor.prompt",
     "image": "data.image_path",
+    "references": "data.references",
 }
 
 
@@ -172,6 +173,13 @@ def slugify(text: Any, max_len: int = 64) -> str:
     return slug[:max_len].rstrip("._-") or "untitled"
 
 
+def _basename(path: Any) -> str:
+    """File name without folder and extension; "" for an unset (None or empty) value."""
+    if path is None or (hasattr(path, "__len__") and len(path) == 0):
+        return ""
+    return os.path.splitext(os.path.basename(str(path)))[0]
+
+
 def _register_resolvers() -> None:
     register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
     resolvers = {
@@ -180,7 +188,7 @@ def _register_resolvers() -> None:
         "sub": lambda a, b: a - b,
         "mul": lambda a, b: a * b,
         "div": lambda a, b: a / b,
-        "basename": lambda p: os.path.splitext(os.path.basename(str(p)))[0],
+        "basename": _basename,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
