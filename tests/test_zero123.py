@@ -95,7 +95,9 @@ def guidance():
 
 def _condition(g, seed=0):
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(seed))
-    return g.prepare_condition(image, torch.tensor([2.0, 0.0, 0.0]))
+    c2w = torch.eye(4)[None]
+    c2w[0, 0, 3] = 2.0  # at (2, 0, 0); only the position matters
+    return g.prepare_condition(image, c2w)
 
 
 def test_condition_latent_unscaled_and_uncond_branch_is_zeros(guidance, monkeypatch):

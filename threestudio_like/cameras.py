@@ -33,6 +33,14 @@ def spherical_to_position(elevation: Tensor, azimuth: Tensor, distance: Tensor) 
     )
 
 
+def spherical_coordinates(positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(polar, azimuth, radius)`` of positions ``[..., 3]``: polar angle from +z (radians),
+    azimuth ``atan2(y, x)`` (our azimuth), distance from the origin."""
+    x, y, z = positions.unbind(-1)
+    polar = torch.atan2(torch.sqrt(x**2 + y**2), z)
+    return polar, torch.atan2(y, x), positions.norm(dim=-1)
+
+
 def look_at(position: Tensor, target: Tensor | None = None, up: Tensor | None = None) -> Tensor:
     """``c2w`` ``[B, 4, 4]`` for cameras at ``position`` ``[B, 3]`` looking at ``target``.
 

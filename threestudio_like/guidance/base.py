@@ -8,7 +8,7 @@ noise, weighting, clipping, and the loss whose gradient is the update — happen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -75,5 +75,37 @@ class BaseGuidance(BaseObject):
         return {
             "loss_sds": D.loss_from_gradient(latents, grad),
             "grad_norm": grad.norm(),
+            "timestep": t.float().mean(),
+        }
+
+    def x0_reconstruction(
+        self,
+        latents: Tensor,
+        predict_noise: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
+        std_rescale: float = 0.0,
+        group: int = 1,
+    ) -> Dict[str, Tensor]:
+        """MVDream's x0-reconstruction loss on ``latents`` ``[B, C, H, W]`` (requires grad).
+
+        ``predict_noise(x_t, t)`` returns ``(guided eps, conditional eps)`` without grad. The
+        guided x0 is rescaled towards the conditional one's std per ``group`` consecutive views
+        (``std_rescale`` r; 0 disables), and the loss is ``0.5 ||latents - x0||^2 / B``, whose
+        gradient equals SDS with w(t) = sigma / alpha.
+        """
+        batch = latents.shape[0]
+        t = D.sample_timesteps(
+            batch, self.min_step, self.max_step, self.cfg.shared_timestep, device=latents.device
+        )
+        noise = torch.randn_like(latents)
+        with torch.no_grad():
+            x_t = D.add_noise(latents.detach(), noise, t, self.alphas_cumprod)
+            eps, eps_cond = predict_noise(x_t, t)
+            x0 = D.x0_from_eps(x_t, eps, t, self.alphas_cumprod)
+            if std_rescale > 0:
+                x0_cond = D.x0_from_eps(x_t, eps_cond, t, self.alphas_cumprod)
+                x0 = D.rescale_x0(x0, x0_cond, std_rescale, group=group)
+        return {
+            "loss_sds": D.reconstruction_loss(latents, x0),
+            "grad_norm": ((latents.detach() - x0) / batch).norm(),
             "timestep": t.float().mean(),
         }

@@ -291,3 +291,22 @@ class LatentDiffusionGuidance(BaseGuidance):
             eps = predict_noise(latents, t_batch).float()
             latents = scheduler.step(eps, t, latents, eta=eta).prev_sample
         return latents
+
+    @torch.no_grad()
+    def sample_images(
+        self,
+        predict_noise: Callable[[Tensor, Tensor], Tensor],
+        n_images: int,
+        num_inference_steps: int,
+        generator: Optional[torch.Generator] = None,
+        eta: float = 0.0,
+    ) -> Tensor:
+        """``n_images`` decoded DDIM samples ``[n, S, S, 3]``; the eta noise is seeded from
+        ``generator`` too, so a seed gives the same images every time."""
+        seed = generator.initial_seed() if generator is not None else 0
+        with seeded(seed):  # DDIM's eta noise comes from the global generator
+            latents = self.ddim_sample(
+                predict_noise, (n_images, 4, self.latent_size, self.latent_size),
+                num_inference_steps, generator=generator, eta=eta,
+            )
+        return self.decode_latents(latents)

@@ -25,7 +25,6 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like import register
@@ -44,6 +43,11 @@ from threestudio_like.guidance.latent_diffusion import (
     tiny_vae,
     unet_from_ldm,
     vae_from_ldm,
+)
+from threestudio_like.guidance.multiview_attention import (
+    MultiViewAttnProcessor,
+    check_view_groups,
+    install_attention_processors,
 )
 from threestudio_like.guidance.weights import (
     TINY_RANDOM,
@@ -84,77 +88,9 @@ MVDREAM_NEGATIVE_PROMPT = (
 )
 
 
-# ------------------------------------------------------------------------------------------
-# multi-view attention
-
-
-class MultiViewAttnProcessor:
-    """Scaled-dot-product attention that, for self-attention, attends over all views.
-
-    The batch holds ``num_views`` consecutive views per object, ``[(B F), L, C]``. With
-    ``multi_view`` (``attn1``) the tokens are regrouped to ``[B, F L, C]`` for the attention
-    only; the layer norms, residuals and feed-forward around it act per token, so this equals
-    MVDream's 3D transformer block. Without ``multi_view`` (``attn2``) it is plain SDPA
-    attention; it just accepts the ``num_views`` keyword so that one ``cross_attention_kwargs``
-    serves every layer.
-    """
-
-    def __init__(self, multi_view: bool = True) -> None:
-        self.multi_view = multi_view
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: Tensor,
-        encoder_hidden_states: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        temb: Optional[Tensor] = None,
-        num_views: int = 1,
-    ) -> Tensor:
-        if attention_mask is not None or hidden_states.dim() != 3 or attn.spatial_norm is not None:
-            raise NotImplementedError("MultiViewAttnProcessor supports token attention without masks.")
-        residual = hidden_states
-        batch_views, tokens, channels = hidden_states.shape
-        joint = self.multi_view and encoder_hidden_states is None and num_views > 1
-        if joint:
-            if batch_views % num_views:
-                raise ValueError(f"Batch {batch_views} is not a multiple of num_views={num_views}.")
-            hidden_states = hidden_states.reshape(batch_views // num_views, num_views * tokens, channels)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        else:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-
-        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        batch = query.shape[0]
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if joint:
-            out = out.reshape(batch_views, tokens, -1)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-
 def install_multiview_attention(unet: nn.Module) -> nn.Module:
     """Multi-view processors on every self-attention (``attn1``), per-view SDPA elsewhere."""
-    processors = {
-        name: MultiViewAttnProcessor(multi_view=name.endswith("attn1.processor"))
-        for name in unet.attn_processors
-    }
-    unet.set_attn_processor(processors)
-    return unet
+    return install_attention_processors(unet, MultiViewAttnProcessor)
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,17 +281,7 @@ class MVDreamGuidance(LatentDiffusionGuidance):
         return eps_cond, eps_uncond
 
     def _check_batch(self, batch: int, n_views: Any) -> int:
-        n_view = self.cfg.n_view
-        if n_views is not None:
-            given = int(n_views.reshape(-1)[0]) if torch.is_tensor(n_views) else int(n_views)
-            if given != n_view:
-                raise ConfigError(
-                    f"The data gives {given} view(s) per object but the MVDream guidance expects "
-                    f"{n_view}: set data.n_view={n_view}."
-                )
-        if batch % n_view:
-            raise ConfigError(f"data.batch_size={batch} is not a multiple of n_view={n_view}.")
-        return n_view
+        return check_view_groups(batch, n_views, self.cfg.n_view, "the MVDream guidance")
 
     def __call__(
         self,
@@ -390,22 +316,9 @@ class MVDreamGuidance(LatentDiffusionGuidance):
 
         if not self.cfg.recon_loss:
             return self.sds(latents, lambda x_t, t: guided_noise(x_t, t)[0])
-
-        t = D.sample_timesteps(batch, self.min_step, self.max_step, self.cfg.shared_timestep, device=latents.device)
-        noise = torch.randn_like(latents)
-        with torch.no_grad():
-            x_t = D.add_noise(latents.detach(), noise, t, self.alphas_cumprod)
-            eps, eps_cond, _ = guided_noise(x_t, t)
-            x0 = D.x0_from_eps(x_t, eps, t, self.alphas_cumprod)
-            if self.cfg.recon_std_rescale > 0:
-                x0_cond = D.x0_from_eps(x_t, eps_cond, t, self.alphas_cumprod)
-                x0 = D.rescale_x0(x0, x0_cond, self.cfg.recon_std_rescale, group=n_view)
-        loss = D.reconstruction_loss(latents, x0)
-        return {
-            "loss_sds": loss,
-            "grad_norm": ((latents.detach() - x0) / batch).norm(),
-            "timestep": t.float().mean(),
-        }
+        return self.x0_reconstruction(
+            latents, lambda x_t, t: guided_noise(x_t, t)[:2], self.cfg.recon_std_rescale, group=n_view
+        )
 
     # -- sampling (python launch.py --sample) -------------------------------------------------
     def sample_prompts(self, prompt: str) -> Tuple[str, str]:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like import register
-from threestudio_like.cameras import deg2rad, spherical_to_position
+from threestudio_like.cameras import c2w_from_spherical, deg2rad, spherical_coordinates
 from threestudio_like.config import ConfigError
 from threestudio_like.guidance import distillation as D
 from threestudio_like.guidance import ldm_convert as LC
@@ -123,14 +123,6 @@ ORIGINAL_CHECKPOINTS.setdefault(
 
 # ------------------------------------------------------------------------------------------
 # cameras
-
-
-def spherical_coordinates(positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(polar, azimuth, radius)`` of positions ``[..., 3]``: polar from +z (radians),
-    azimuth ``atan2(y, x)`` (our azimuth), radius (3drec's ``cartesian_to_spherical``)."""
-    x, y, z = positions.unbind(-1)
-    polar = torch.atan2(torch.sqrt(x**2 + y**2), z)
-    return polar, torch.atan2(y, x), positions.norm(dim=-1)
 
 
 def zero123_camera(target_positions: Tensor, cond_position: Tensor, variant: str = "zero123") -> Tensor:
@@ -486,9 +478,16 @@ class Zero123Guidance(LatentDiffusionGuidance):
 
     # -- conditioning -------------------------------------------------------------------------
     @torch.no_grad()
-    def prepare_condition(self, image: Tensor, position: Tensor) -> Zero123Condition:
+    def prepare_condition(self, image: Tensor, c2w: Tensor) -> Zero123Condition:
         """The condition of an input image ``[1, H, W, 3]`` in [0, 1] (white background) taken
-        by a camera at ``position`` ``[3]`` looking at the origin."""
+        by the camera ``c2w`` ``[1, 4, 4]`` (our convention; only its position is used: Zero-1-to-3
+        assumes it looks at the origin)."""
+        if image.shape[0] != 1 or c2w.reshape(-1, 4, 4).shape[0] != 1:
+            raise ConfigError(
+                f"Zero-1-to-3 conditions on one image, got {image.shape[0]}: pass image=... (for several "
+                f"posed images use an EscherNet recipe, e.g. configs/eschernet-6dof.yaml)."
+            )
+        position = c2w.reshape(4, 4)[:3, 3]
         size = self.cfg.image_size
         x = image.permute(0, 3, 1, 2).float()
         if x.shape[-2:] != (size, size):
@@ -516,10 +515,10 @@ class Zero123Guidance(LatentDiffusionGuidance):
                 cfg.cond_image_path, size, size, cfg.cond_mask_path, cfg.cond_recenter, cfg.cond_object_fraction
             )["rgb"]
             t = torch.tensor
-            position = spherical_to_position(
+            c2w = c2w_from_spherical(
                 deg2rad(t([cfg.cond_elevation_deg])), deg2rad(t([cfg.cond_azimuth_deg])), t([cfg.cond_camera_distance])
-            )[0]
-            self._default_condition = self.prepare_condition(image, position)
+            )
+            self._default_condition = self.prepare_condition(image, c2w)
         return self._default_condition
 
     def camera_tokens(self, c2w: Tensor, condition: Zero123Condition) -> Tensor:
@@ -619,10 +618,5 @@ class Zero123Guidance(LatentDiffusionGuidance):
         cond_elevation = 90.0 - math.degrees(float(spherical_coordinates(condition.position.cpu())[0]))
         camera = zero123_camera_from_deltas(views[:, 0], views[:, 1], torch.zeros(len(views)), cond_elevation, cfg.camera_variant)
         predict = self.guided_noise_fn(condition, camera, cfg.sample_guidance_scale if guidance_scale is None else guidance_scale)
-        seed = generator.initial_seed() if generator is not None else 0
-        with seeded(seed):  # DDIM's eta noise comes from the global generator
-            latents = self.ddim_sample(
-                predict, (len(views), 4, self.latent_size, self.latent_size),
-                num_inference_steps or cfg.sample_steps, generator=generator, eta=cfg.sample_eta,
-            )
-        return torch.cat([condition.image.to(self.device), self.decode_latents(latents)])
+        images = self.sample_images(predict, len(views), num_inference_steps or cfg.sample_steps, generator, cfg.sample_eta)
+        return torch.cat([condition.image.to(self.device), images])

@@ -1,10 +1,10 @@
-"""Image-to-3D systems: one input image, a novel-view prior, and losses at the input view.
+"""Image-to-3D systems: input image(s), a novel-view prior, and losses at the input views.
 
-Both systems read the ``single-image-datamodule``'s batches (the reference view with its image
-and mask, the conditioning image ``cond_rgb`` and a batch of random views under
-``random_camera``) and hand the guidance the condition it prepares from the input image
-(``guidance.prepare_condition``; priors without one, such as the reference-object prior, get
-``None``).
+The systems read the ``single-image-datamodule``'s batches (the N >= 1 reference views with their
+images and masks, the conditioning images ``cond_rgb`` and a batch of random views under
+``random_camera``) and hand the guidance the condition it prepares from the input images and
+their cameras (``guidance.prepare_condition(cond_rgb, c2w)``; priors without one, such as the
+reference-object prior, get ``None``).
 
 * ``zero123-sjc-system`` follows Zero-1-to-3's ``3drec`` (Score Jacobian Chaining): the NeRF
   renders the 4 latent channels directly at the latent resolution (or RGB, encoded by the VAE,
@@ -13,6 +13,9 @@ and mask, the conditioning image ``cond_rgb`` and a batch of random views under
   ``sampled_depth_smooth_from`` of training on), near-view consistency and emptiness.
 * ``zero123-system`` follows threestudio's Zero123 recipe: SDS on the random views plus RGB and
   mask losses at the reference view (and threestudio's normal/orientation/sparsity regularisers).
+* ``eschernet-system`` is the same recipe for multi-view priors conditioned on N posed images:
+  the random views come in groups of ``n_view`` (denoised jointly) and every reference view is
+  supervised by its image and mask.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ class ImageConditionedSystem(BaseLift3DSystem):
                     raise ConfigError(
                         f"{self.cfg.guidance_type} is conditioned on an image: use data_type: single-image-datamodule."
                     )
-                self._image_condition = prepare(batch["cond_rgb"], batch["camera_positions"][0])
+                self._image_condition = prepare(batch["cond_rgb"], batch["c2w"])
             self._condition_ready = True
         return self._image_condition
 
@@ -231,3 +234,9 @@ class Zero123System(ImageConditionedSystem):
         add({"loss_rgb": F.mse_loss(ref["comp_rgb"], target), "loss_mask": F.mse_loss(ref["opacity"], mask)})
         add(self.view_regularisers(ref, reference=True))
         return self.combine_losses(totals)
+
+
+@register("eschernet-system")
+class EscherNetSystem(Zero123System):
+    """EscherNet recipe: multi-view SDS on groups of random views given N posed references, plus
+    RGB and mask losses at every reference view (the Zero123 recipe's losses, applied to all N)."""
