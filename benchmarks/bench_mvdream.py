@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from threestudio_like import find  # noqa: E402
+from benchmarks.common import time_training  # noqa: E402
 from threestudio_like.config import load_config  # noqa: E402
 
 
@@ -52,28 +47,6 @@ def write_full_random(folder: str) -> str:
     return folder
 
 
-class StepTimer(pl.Callback):
-    """Wall time of every training step (CUDA-synchronised) and the peak memory."""
-
-    def __init__(self) -> None:
-        self.times = []
-        self._start = 0.0
-
-    def on_train_start(self, trainer, module) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
-
-
 def bench(weights: str, size: int, batch: int, steps: int, root: str) -> None:
     overrides = [
         "prompt=a DSLR photo of a corgi", f"exp_root_dir={root}",
@@ -85,23 +58,9 @@ def bench(weights: str, size: int, batch: int, steps: int, root: str) -> None:
     if weights == "tiny-random":
         overrides.append("system.guidance.image_size=64")
     cfg = load_config("mvdream-sd21.yaml", overrides)
-    pl.seed_everything(0, verbose=False)
-    dm = find(cfg.data_type)(cfg.data)
-    system = find(cfg.system_type)(cfg.system)
-    timer = StepTimer()
-    gpu = torch.cuda.is_available()
-    trainer = pl.Trainer(
-        accelerator="gpu" if gpu else "cpu", devices=1, max_steps=steps, callbacks=[timer],
-        precision=cfg.trainer.precision if gpu else "32-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        inference_mode=False,
-    )
-    trainer.fit(system, dm)
-    steady = timer.times[min(3, len(timer.times) - 1):]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
-    device = torch.cuda.get_device_name() if gpu else "CPU"
-    print(f"{size:4d} px, batch {batch} ({batch // 4} x 4 views): {statistics.median(steady):.3f} s/step "
-          f"(median of {len(steady)}), peak GPU memory {peak:.1f} GiB  [{device}, weights={weights}]")
+    median, peak, device = time_training(cfg, steps)
+    print(f"{size:4d} px, batch {batch} ({batch // 4} x 4 views): {median:.3f} s/step, "
+          f"peak GPU memory {peak:.1f} GiB  [{device}, weights={weights}]")
 
 
 def main() -> None:
