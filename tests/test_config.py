@@ -138,3 +138,13 @@ def test_registry_rejects_duplicates_and_suggests():
         register("unit-test-thing")(type("Other", (), {}))
     with pytest.raises(KeyError, match="unit-test-thing"):
         find("unit-test-thingy")
+
+
+def test_prompts_with_dollar_braces_stay_literal(tmp_path):
+    prompt = "a neon sign that reads ${price} and $5"
+    cfg = load_config("mvdream-sd21.yaml", [f"prompt={prompt}", f"exp_root_dir={tmp_path}"])
+    assert cfg.system.prompt_processor.prompt == prompt
+    assert cfg.tag == prompt  # the recipe's tag interpolates the prompt: literal, not re-resolved
+    path = tmp_path / "parsed.yaml"
+    dump_parsed(cfg, path)
+    assert load_config(str(path)).system.prompt_processor.prompt == prompt

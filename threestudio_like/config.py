@@ -268,8 +268,24 @@ def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:
                     f"it does not take a {key}."
                 )
             key = target
+        if key.rsplit(".", 1)[-1].endswith("prompt"):
+            value = escape_interpolations(value)  # prompts are free text, never ${...} references
         out.append(f"{key}={value}")
     return out
+
+
+def escape_interpolations(text: str) -> str:
+    """``text`` with every ``${`` escaped, so OmegaConf keeps it literally."""
+    return re.sub(r"(?<!\\)\$\{", r"\\${", text)
+
+
+def _escape_strings(node: Any) -> Any:
+    """A plain container with every string's ``${`` escaped (for writing resolved configs)."""
+    if isinstance(node, dict):
+        return {k: _escape_strings(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_strings(v) for v in node]
+    return escape_interpolations(node) if isinstance(node, str) else node
 
 
 def load_config(
@@ -295,11 +311,11 @@ def load_config(
             f" Pass it as '{a}=...'." for a, t in ALIASES.items() if t in missing
         )
         raise ConfigError(f"Required config value(s) not set: {', '.join(missing)}.{hint}")
-    try:
-        OmegaConf.resolve(merged)
+    try:  # resolved once; text that must stay literal (prompts with "${") is escaped again after
+        resolved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged), resolve=True)
     except Exception as exc:
         raise ConfigError(f"Could not resolve config {path}: {exc}") from None
-    cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged)
+    cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), _escape_strings(resolved))
     _derive_trial_dir(cfg)
     if make_trial_dir:
         os.makedirs(cfg.trial_dir, exist_ok=True)
@@ -347,7 +363,7 @@ def dump_parsed(cfg: DictConfig, path: Union[str, Path]) -> None:
 
     The derived trial directory and timestamp are dropped: a rerun gets a fresh trial.
     """
-    out = OmegaConf.to_container(cfg, resolve=True)
+    out = _escape_strings(OmegaConf.to_container(cfg, resolve=True))
     out["trial_dir"] = ""
     out["timestamp"] = ""
     out["resume"] = None
