@@ -1,49 +1,128 @@
-"""The Janus runner on a 2-config x 2-seed tiny suite: report written, every image present, resumable."""
+"""The Janus runner on a 2-config x 2-seed tiny suite: report written, its table lists every
+config x metric, every image exists (HTML parse, always) and is shown by headless Chromium
+(skipped without a browser); resumable."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from html.parser import HTMLParser
 
-from threestudio_like.janus.report import run_bench
+import pytest
 
+from threestudio_like.janus.report import MEAN_KEYS, RATE_KEYS, run_bench
+
+# One training step, no validation, checkpoint, mesh or video: the turntable frames are all the
+# report needs.
 TINY = [
     "system.guidance.pretrained_model_name_or_path=tiny-random", "system.guidance.image_size=64",
-    "data.height=16", "data.width=16", "data.eval_height=32", "data.eval_width=32", "data.n_val_views=1",
+    "data.height=16", "data.width=16", "data.eval_height=32", "data.eval_width=32",
     "system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=4",
-    "system.geometry.pos_encoding_config.log2_hashmap_size=10", "system.geometry.isosurface_resolution=16",
-    "system.geometry.isosurface_threshold=auto", "trainer.max_steps=2", "trainer.val_check_interval=2",
-    "checkpoint.every_n_train_steps=2", "trainer.precision=32",
+    "system.geometry.pos_encoding_config.log2_hashmap_size=10", "trainer.max_steps=1",
+    "trainer.val_check_interval=100", "checkpoint.every_n_train_steps=100", "trainer.precision=32",
+    "system.exporter_type=''", "system.test_formats=[]",
 ]
+CONFIGS = ("dreamfusion-sd21", "dreamfusion-sd21-perpneg")
 
 
-class _Images(HTMLParser):
+class _Page(HTMLParser):
+    """Media sources (with their attributes) and the summary table's cells."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.srcs, self.tables = [], 0
+        self.media, self.summary, self._table, self._cell = [], [], None, None
 
     def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
-        self.tables += tag == "table"
+        attrs = dict(attrs)
+        if tag in ("img", "video", "source") and attrs.get("src"):
+            self.media.append(attrs)
+        if tag == "table":
+            self._table = attrs.get("class")
+        if self._table == "summary" and tag == "tr":
+            self.summary.append([])
+        if self._table == "summary" and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.summary[-1].append(self._cell.strip())
+            self._cell = None
+        if tag == "table":
+            self._table = None
 
 
-def test_tiny_report(tmp_path):
+def check_report_page(out, summary) -> _Page:
+    """Every image/video source exists; the summary table has a row per config and a filled cell
+    per config x metric."""
+    page = _Page()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    assert len(page.media) >= 4 + 1  # a contact sheet per asset and charts
+    for m in page.media:
+        assert not os.path.isabs(m["src"]) and (out / m["src"]).is_file(), m["src"]
+    header, *rows = page.summary
+    metrics = [k for k in RATE_KEYS + MEAN_KEYS if any(k in s for s in summary.values())]
+    assert header == ["config", *metrics] and {"face_arcs", "second_peak_ratio"} <= set(metrics)
+    assert sorted(r[0] for r in rows) == sorted(CONFIGS)
+    for r in rows:
+        assert len(r) == len(header) and all(cell and cell != "—" for cell in r[1:]), r
+    return page
+
+
+def chromium() -> str:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome") or ""
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("janus")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = os.path.join(root, "configs", "dreamfusion-sd21.yaml")
-    perp = tmp_path / "dreamfusion-sd21-perpneg.yaml"
+    perp = tmp / "dreamfusion-sd21-perpneg.yaml"
     perp.write_text(open(base).read().replace("use_perp_neg: false", "use_perp_neg: true"))
-    suite = tmp_path / "suite.json"
+    suite = tmp / "suite.json"
     suite.write_text(json.dumps([{"prompt": "a corgi", "kind": "janus-prone"}]))
-    out = tmp_path / "report"
-    r = run_bench(str(suite), [base, str(perp)], [0, 1], str(out), TINY, n_views=8)
-    assert len(r["assets"]) == 4 and set(r["summary"]) == {"dreamfusion-sd21", "dreamfusion-sd21-perpneg"}
-    page = _Images()
-    page.feed((out / "index.html").read_text())
-    assert page.tables >= 2 and len(page.srcs) >= 4
-    for src in page.srcs:
-        assert (out / src).is_file(), src
+    out = tmp / "report"
+    args = (str(suite), [base, str(perp)], [0, 1], str(out), TINY)
+    result = run_bench(*args, n_views=6, in_process=True)
+    return out, args, result
+
+
+def test_tiny_report(tiny_report):
+    out, args, r = tiny_report
+    assert len(r["assets"]) == 4 and set(r["summary"]) == set(CONFIGS)
+    assert {(a["config"], a["seed"]) for a in r["assets"]} == {(c, s) for c in CONFIGS for s in (0, 1)}
+    check_report_page(out, r["summary"])
     assert "dreamfusion-sd21-perpneg" in (out / "report.md").read_text()
     mtimes = {p: os.path.getmtime(p) for p in out.glob("runs/*/*/*/metrics.json")}
-    run_bench(str(suite), [base, str(perp)], [0, 1], str(out), TINY, n_views=8)  # resumes: nothing recomputed
+    assert len(mtimes) == 4
+    run_bench(*args, n_views=6, in_process=True)  # resumes: nothing recomputed
     assert all(os.path.getmtime(p) == t for p, t in mtimes.items())
+
+
+@pytest.mark.skipif(not chromium(), reason="no chromium/chromium-browser/google-chrome on PATH")
+def test_tiny_report_in_headless_chromium(tiny_report):
+    out, _, r = tiny_report
+    url = (out / "index.html").resolve().as_uri()
+    shot = out / "screenshot.png"
+    with tempfile.TemporaryDirectory(prefix="tsl-chromium-") as profile:
+        base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
+                f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+        dump = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180)
+        assert dump.returncode == 0, dump.stderr[-2000:]
+        subprocess.run(base + ["--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={shot}", url],
+                       capture_output=True, text=True, timeout=180)
+    page = _Page()
+    page.feed(dump.stdout)
+    images = [m for m in page.media if "src" in m]
+    assert len(images) >= 5
+    broken = [m["src"] for m in images if m.get("data-media") != "ok"]
+    assert not broken, f"the browser could not show: {broken}"
+    assert sorted(row[0] for row in page.summary[1:]) == sorted(CONFIGS)
+    assert shot.is_file() and shot.stat().st_size > 1000

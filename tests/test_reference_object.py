@@ -49,13 +49,138 @@ def test_sds_vanishes_at_the_reference_and_points_to_it_elsewhere():
     assert direction > 0.99
 
 
-def test_unsupported_modes_are_refused():
+def test_unknown_modes_are_refused_and_cfg_is_allowed():
     import pytest
 
     with pytest.raises(ValueError, match="camera-conditioned"):
-        _guidance(mode="view-binned")
-    with pytest.raises(ValueError, match="guidance_scale"):
-        _guidance(guidance_scale=7.5)
+        _guidance(mode="side-only")
+    with pytest.raises(ValueError, match="n_view"):
+        _guidance(mode="multi-view-joint", n_azimuth=30, n_other_azimuth=10)
+    assert _guidance(guidance_scale=7.5).cfg.guidance_scale == 7.5
+
+
+# A small bank: 12 azimuths (30 degrees), 2 other objects at 4 azimuths, 16 x 16 renders.
+SMALL_BANK = {"resolution": 16, "num_samples_per_ray": 64, "n_azimuth": 12, "n_other": 2, "n_other_azimuth": 4}
+
+
+def _cameras(azimuths, elevation=20.0, distance=2.0, fovy=45.0, res=16):
+    n = len(azimuths)
+    t = torch.tensor
+    batch = make_batch(t([elevation] * n), t([float(a) for a in azimuths]), t([distance] * n), t([fovy] * n), res, res)
+    return batch["c2w"], batch["fovy"]
+
+
+def test_candidates_per_mode():
+    import math
+
+    from threestudio_like.janus import modes as M
+
+    c2w, fovy = _cameras([10.0, 100.0, 170.0, -60.0])
+    # unconditioned: every bank view, front-biased von Mises weights, the query azimuth ignored
+    g = _guidance(mode="unconditioned", kappa=2.0, **SMALL_BANK)
+    cand = g.candidates(c2w, fovy)
+    data, log_prior = cand["cond"]
+    assert data.shape == (4, 12, 3, 16, 16) and cand["uncond"] is None
+    bank_az = g.bank_azimuths()
+    assert torch.allclose(log_prior, 2.0 * torch.cos(bank_az * math.pi / 180)[None].expand(4, -1))
+    assert cand["elevation_bin"] == [2, 2, 2, 2]
+    assert torch.allclose(data[0], g.bank(2, torch.device("cpu"))["ours"])  # same camera circle: no zoom
+    # the bank's view at azimuth 0 is the render at that camera
+    ref = g.to_prior_space(g.render_reference(*_cameras([0.0]), 16, 16))
+    assert (data[0, 0] - ref[0]).abs().max() < 1e-4
+
+    # view-binned: only views in the query's front/side/back bin
+    g = _guidance(mode="view-binned", **SMALL_BANK)
+    _, log_prior = g.candidates(c2w, fovy)["cond"]
+    query_bins = M.view_bin(torch.tensor([10.0, 100.0, 170.0, -60.0]))
+    for q in range(4):
+        allowed = torch.isfinite(log_prior[q])
+        assert allowed.any()
+        assert (M.view_bin(bank_az[allowed]) == query_bins[q]).all()
+        assert (M.view_bin(bank_az[~allowed]) != query_bins[q]).all()
+
+    # camera-conditioned (+ CFG): the render at the exact query camera; the unconditional set is
+    # our views and the other objects' at uniform azimuths
+    g = _guidance(mode="camera-conditioned", guidance_scale=7.5, **SMALL_BANK)
+    cand = g.candidates(c2w, fovy)
+    data, log_prior = cand["cond"]
+    assert data.shape == (4, 1, 3, 16, 16) and log_prior is None
+    exact = g.to_prior_space(g.render_reference(c2w, fovy, 16, 16))
+    assert torch.equal(data[:, 0], exact)
+    uncond = cand["uncond"]
+    assert uncond.shape == (4, 3 * 4, 3, 16, 16)
+    ours = g.bank(2, torch.device("cpu"))["ours"]
+    assert torch.allclose(uncond[0, :4], ours[::3])  # ours at 0, 90, 180, 270 degrees
+    assert all((uncond[0, k] - ours[::3]).abs().mean() > 0.02 for k in range(4, 12))  # others differ
+
+    # multi-view-joint: one query per group of 4 views 90 degrees apart; candidate sets are the
+    # object's views 90 degrees apart at every rotation
+    g = _guidance(mode="multi-view-joint", guidance_scale=7.5, **SMALL_BANK)
+    c2w4, fovy4 = _cameras([15.0, 105.0, 195.0, 285.0])
+    cand = g.candidates(c2w4, fovy4, n_views=4)
+    data, log_prior = cand["cond"]
+    assert data.shape == (1, 12, 4, 3, 16, 16) and log_prior is None
+    ours = g.bank(2, torch.device("cpu"))["ours"]
+    for r in range(12):
+        for v in range(4):
+            assert torch.equal(data[0, r, v], ours[(r + 3 * v) % 12])
+    assert cand["uncond"].shape == (1, 3 * 4, 4, 3, 16, 16)
+    import pytest
+
+    with pytest.raises(ValueError, match="n_view"):
+        g.candidates(c2w4, fovy4, n_views=1)
+
+
+def test_bank_zoom_matches_a_closer_camera():
+    """Bank renders (distance 2, fov 45) zoomed for a query at distance 1.6, fov 40 look like the
+    render at that camera (and much more than the unzoomed bank render does)."""
+    g = _guidance(mode="unconditioned", **SMALL_BANK)
+    c2w, fovy = _cameras([0.0], distance=1.6, fovy=40.0)
+    exact = g.to_prior_space(g.render_reference(c2w, fovy, 16, 16))[0]
+    zoomed = g.candidates(c2w, fovy)["cond"][0][0, 0]
+    plain = g.bank(2, torch.device("cpu"))["ours"][0]
+    err_zoomed, err_plain = (zoomed - exact).abs().mean(), (plain - exact).abs().mean()
+    assert err_zoomed < 0.5 * err_plain, (err_zoomed, err_plain)
+
+
+def test_procedural_relatives_differ_from_the_reference():
+    from threestudio_like.guidance.reference_object import variant_parts
+
+    ref = ReferenceObjectGeometry({})
+    assert ref.yaw_deg == 0.0 and ref.primitives == variant_parts(0)[0]
+    points = torch.rand(4096, 3) * 2 - 1
+    for k in (1, 2, 3):
+        other = ReferenceObjectGeometry({"variant": k})
+        assert other.primitives != ref.primitives
+        disagree = (other.occupancy(points) != ref.occupancy(points)).float().mean()
+        assert disagree > 0.01
+
+
+def test_each_mode_runs_a_step_in_the_3d_system(monkeypatch):
+    from types import SimpleNamespace
+
+    from conftest import TINY_OVERRIDES
+    from threestudio_like import find
+    from threestudio_like.config import load_config
+
+    for mode, scale in (("unconditioned", 7.5), ("view-binned", 7.5), ("camera-conditioned", 7.5),
+                        ("multi-view-joint", 7.5), ("unconditioned", 1.0)):
+        extra = ["data.n_view=4", "data.batch_size=4"] if mode == "multi-view-joint" else []
+        small = [f"system.guidance.{k}={v}" for k, v in SMALL_BANK.items() if k != "num_samples_per_ray"]
+        cfg = load_config("demo.yaml", [*TINY_OVERRIDES, *small, *extra, f"system.guidance.mode={mode}",
+                                        f"system.guidance.guidance_scale={scale}"])
+        dm = find(cfg.data_type)(cfg.data)
+        system = find(cfg.system_type)(cfg.system).train()
+        logged = {}
+        monkeypatch.setattr(system, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+        monkeypatch.setattr(system, "_trainer", SimpleNamespace(max_steps=4, training=True, global_step=0,
+                                                                current_epoch=0))
+        batch = dm.train_dataset.collate([None])
+        loss = system.training_step(batch, 0)
+        loss.backward()
+        grads = [p.grad for p in system.geometry.parameters() if p.grad is not None]
+        assert torch.isfinite(loss) and grads and any(gr.abs().sum() > 0 for gr in grads), mode
+        assert "train/loss_sds" in logged
 
 
 def test_exported_reference_mesh_matches_its_occupancy():

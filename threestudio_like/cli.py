@@ -19,7 +19,18 @@ USAGE_EXAMPLES = """examples:
   python launch.py --convert mvdream sd-v2.1-base-4view.pt weights/mvdream-sd21   (original checkpoint -> diffusers folder)
   python launch.py --config zero123-sjc.yaml --train image=object_rgba.png   (image-to-3D; --sample: novel views)
   python launch.py --convert zero123 105000.ckpt weights/zero123-105000
+  python launch.py --bench janus --suite benchmarks/janus_suite.json --configs dreamfusion-sd21.yaml,mvdream-sd21.yaml --seeds 0,1,2
+                                                  (Janus benchmark report; docs/janus.md)
+  python launch.py --bench lab --seeds 0,1,2      (Janus on the reference-object lab: CPU, known answer)
 """
+
+# --bench NAME: (module, function, what it runs); the function takes the remaining argv.
+BENCHES = {
+    "janus": ("threestudio_like.janus.report", "main",
+              "train/measure a suite of prompts x configs x seeds, write the report"),
+    "lab": ("threestudio_like.janus.lab", "lab_main", "Janus per prior mode on the reference-object lab (CPU)"),
+    "janus-lab": ("threestudio_like.janus.lab", "lab_main", "same as lab"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--validate", action="store_true", help="render validation views from resume=<ckpt>")
     mode.add_argument("--test", action="store_true", help="render the turntable video from resume=<ckpt>")
     mode.add_argument("--export", action="store_true", help="export the mesh from resume=<ckpt>")
-    mode.add_argument("--sample", action="store_true", help="images of prompt= straight from the prior (no 3D)")
+    mode.add_argument("--sample", action="store_true",
+                      help="novel views / images straight from the prior (prompt= or image=), no 3D")
     parser.add_argument("--gpu", default="0", help="GPU ids, e.g. 0 or 0,1 (ignored without CUDA)")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and debug logs")
     return parser
@@ -62,6 +74,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return batch_main(argv)
     # --- end batch hook ---
+    # --- bench hook: `launch.py --bench NAME ...` runs a benchmark (threestudio_like/janus) ---
+    if any(a == "--bench" or a.startswith("--bench=") for a in argv):
+        return bench_main(argv)
+    # --- end bench hook ---
     if "--convert" in argv:
         return convert_main(argv)
     args, extras = build_parser().parse_known_args(argv)
@@ -89,6 +105,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run(cfg, args, argv)
 
 
+def bench_main(argv: Sequence[str]) -> int:
+    """``--bench NAME [args ...]``: run a benchmark; the other arguments go to it unchanged."""
+    import importlib
+
+    rest, name, i = [], None, 0
+    argv = list(argv)
+    while i < len(argv):
+        a = argv[i]
+        if a == "--bench" and name is None:
+            name = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 2
+            continue
+        if a.startswith("--bench=") and name is None:
+            name = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    available = "\n".join(f"  {k:10s} {v[2]}" for k, v in BENCHES.items())
+    if name not in BENCHES:
+        what = f"unknown benchmark '{name}'" if name else "--bench needs a benchmark name"
+        print(f"error: {what}; available:\n{available}", file=sys.stderr)
+        return 2
+    module, func, _ = BENCHES[name]
+    return int(getattr(importlib.import_module(module), func)(rest, prog=f"launch.py --bench {name}") or 0)
+
+
 def convert_main(argv: Sequence[str]) -> int:
     """``--convert KIND SRC DST``: an original checkpoint -> a diffusers folder (safetensors)."""
     parser = argparse.ArgumentParser(prog="launch.py --convert", description=convert_main.__doc__)
@@ -97,13 +139,13 @@ def convert_main(argv: Sequence[str]) -> int:
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or id to copy into DST")
     args = parser.parse_args(argv)
     kind, src, dst = args.convert
-    from threestudio_like.guidance.weights import MissingWeightsError, find_converter
+    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError, find_converter
 
     try:
         converter = find_converter(kind)
         print(f"Converting {src} ({kind}) -> {dst}")
         out = converter(src, dst, tokenizer=args.tokenizer)
-    except (KeyError, MissingWeightsError, ValueError) as exc:
+    except (KeyError, MissingWeightsError, UnsafeCheckpointError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     print(f"Done: pass pretrained_model_name_or_path={out}")
@@ -114,11 +156,12 @@ def sample_main(cfg, args) -> int:
     """``--sample``: the recipe's prior generates images of the prompt (seed=...)."""
     from threestudio_like.config import ConfigError
     from threestudio_like.guidance.sampling import run_sample
-    from threestudio_like.guidance.weights import MissingWeightsError
+    from threestudio_like.guidance.ldm_convert import ConversionError
+    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError
 
     try:
         path = run_sample(cfg, seed=cfg.seed)
-    except (ConfigError, MissingWeightsError) as exc:
+    except (ConfigError, MissingWeightsError, UnsafeCheckpointError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Samples written: {path}")
@@ -135,15 +178,17 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     from threestudio_like.geometry.isosurface import IsosurfaceError
     from threestudio_like.systems.base import NonFiniteLossError
     from threestudio_like.systems.callbacks import AtomicCheckpoint, DiskFullError, StepProgress
-    from threestudio_like.guidance.weights import MissingWeightsError
+    from threestudio_like.guidance.ldm_convert import ConversionError
+    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError
 
+    weight_errors = (MissingWeightsError, UnsafeCheckpointError, ConversionError)
     trial = cfg.trial_dir
     os.makedirs(trial, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     try:
         dm = find(cfg.data_type)(cfg.data)
         system = find(cfg.system_type)(cfg.system)
-    except ConfigError as exc:
+    except (ConfigError, *weight_errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     system.set_save_dir(os.path.join(trial, "save"))
@@ -201,7 +246,7 @@ def run(cfg, args, argv: Sequence[str]) -> int:
     except DiskFullError as exc:
         print(f"error: {exc.strerror}", file=sys.stderr)
         return 1
-    except (ConfigError, MissingWeightsError) as exc:
+    except (ConfigError, *weight_errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except IsosurfaceError as exc:

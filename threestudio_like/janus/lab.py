@@ -16,14 +16,13 @@ takes about a second, so a benchmark over modes x seeds fits in a CPU test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from threestudio_like.base import BaseObject
 from threestudio_like.config import parse_structured
-from threestudio_like.guidance import distillation as D
 from threestudio_like.guidance.base import BaseGuidance
 from threestudio_like.janus import modes as M
 from threestudio_like.janus.measures import janus_measures
@@ -94,8 +93,7 @@ class TurntableLabPrior(BaseGuidance):
 
     def configure(self) -> None:
         super().configure()
-        if self.cfg.mode not in M.MODES:
-            raise ValueError(f"Unknown mode '{self.cfg.mode}'; choose one of {', '.join(M.MODES)}.")
+        M.check_mode(self.cfg.mode)
 
     def set_data(self, ours: Tensor, others: Tensor) -> None:
         """``ours`` ``[N, ...]`` true views at N uniform azimuths; ``others`` ``[O, N, ...]``."""
@@ -103,35 +101,21 @@ class TurntableLabPrior(BaseGuidance):
         self.bank_az = torch.arange(n, dtype=torch.float32) * 360.0 / n
         self.ours = ours
         everyone = torch.cat([ours[None], others], 0)  # uniform views of every object
-        if self.cfg.mode == "multi-view-joint":
-            self.ours_sets = M.joint_sets(ours, self.cfg.n_view)
-            self.uncond_sets = torch.cat([M.joint_sets(v, self.cfg.n_view) for v in everyone], 0)
-        else:
-            self.uncond = everyone.reshape(-1, *ours.shape[1:])
+        self.uncond = M.unconditional_candidates(self.cfg.mode, everyone, self.cfg.n_view)
 
     def __call__(self, views: Tensor, azimuth_deg: Tensor, generator=None) -> Dict[str, Tensor]:
         """SDS on ``views`` ``[B, ...]`` (in [-1, 1]) at ``azimuth_deg`` ``[B]``; for
         multi-view-joint, B = groups x n_view with each group's views 360/n_view apart."""
-        s = self.cfg.guidance_scale
-        if self.cfg.mode == "multi-view-joint":
-            latents = views.reshape(-1, self.cfg.n_view, *views.shape[1:])
-            cond_data, cond_prior, uncond_data = self.ours_sets, None, self.uncond_sets
-        else:
-            latents = views
-            cond_data, uncond_data = self.ours, self.uncond
-            cond_prior = M.conditional_log_prior(self.cfg.mode, azimuth_deg, self.bank_az, self.cfg.kappa)
-
-        def predict_noise(x_t: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = D.alpha_sigma(self.alphas_cumprod, t, x_t)
-            x0_c = D.exact_posterior_mean(x_t, alpha, sigma, cond_data, cond_prior)
-            eps_c = D.eps_from_x0(x_t, x0_c, t, self.alphas_cumprod)
-            if s == 1.0:
-                return eps_c
-            x0_u = D.exact_posterior_mean(x_t, alpha, sigma, uncond_data)
-            eps_u = D.eps_from_x0(x_t, x0_u, t, self.alphas_cumprod)
-            return D.classifier_free_guidance(eps_u, eps_c, s)
-
-        return self.sds(latents, predict_noise, generator=generator)
+        c = self.cfg
+        latents = views
+        if c.mode == "multi-view-joint":
+            latents = views.reshape(-1, c.n_view, *views.shape[1:])
+        cond = M.conditional_candidates(c.mode, self.ours, self.bank_az, azimuth_deg, c.kappa, c.n_view)
+        return self.sds(
+            latents,
+            lambda x_t, t: M.guided_noise(x_t, t, self.alphas_cumprod, cond, self.uncond, c.guidance_scale),
+            generator=generator,
+        )
 
 
 @dataclass
@@ -266,3 +250,32 @@ def lab_markdown(result: Dict[str, Any]) -> str:
             f"| {b['mean']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """``python benchmarks/janus_lab.py`` / ``python launch.py --bench lab``: every setting of
+    :data:`LAB_SETTINGS` over the seeds; prints the Markdown table, optionally writes JSON."""
+    import argparse
+    import json
+    import time
+
+    from omegaconf import OmegaConf
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Reference-object lab: Janus per prior mode, measured exactly "
+        "(face arcs, back-half front fraction), with Wilson 95% intervals.")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default=None, help="write the full result as JSON")
+    parser.add_argument("overrides", nargs="*",
+                        help="LabConfig key=value (guidance_scale=7.5, kappa=2, steps=300, ...)")
+    args = parser.parse_args(argv)
+    cfg = OmegaConf.to_container(OmegaConf.from_dotlist(args.overrides)) if args.overrides else {}
+    torch.set_num_threads(1)
+    start = time.time()
+    result = run_lab_benchmark([int(s) for s in args.seeds.split(",")], cfg)
+    print(lab_markdown(result))
+    print(f"({len(result['runs'])} runs in {time.time() - start:.1f} s)")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0

@@ -15,10 +15,17 @@ Janus and its cures differ only in the candidates and their prior weights:
 The unconditional branch of classifier-free guidance is the exact denoiser over views of many
 other objects (uniform azimuths) plus ours, combined with the conditional one by
 :func:`~threestudio_like.guidance.distillation.classifier_free_guidance`.
+
+Both the 1-D lab (:mod:`.lab`) and the 3-D prior
+(:class:`~threestudio_like.guidance.reference_object.ReferenceObjectGuidance`) build their
+candidates with :func:`conditional_candidates` / :func:`unconditional_candidates` and predict
+noise with :func:`guided_noise`; they differ only in what a "view" is (a window of the turntable
+texture or a render).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -60,7 +67,13 @@ def conditional_log_prior(mode: str, query_az: Tensor, bank_az: Tensor, kappa: f
         diff = wrap_deg(query_az[:, None] - bank_az[None]).abs()
         nearest = diff == diff.min(dim=1, keepdim=True).values
         return torch.where(nearest, torch.zeros_like(base), torch.full_like(base, -math.inf))
-    raise ValueError(f"Unknown mode '{mode}'; choose one of {', '.join(MODES)}.")
+    check_mode(mode)
+    raise ValueError(f"conditional_log_prior does not apply to mode '{mode}' (see joint_sets).")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode '{mode}'; choose one of {', '.join(MODES)}.")
 
 
 def joint_sets(views: Tensor, n_view: int = 4) -> Tensor:
@@ -72,3 +85,73 @@ def joint_sets(views: Tensor, n_view: int = 4) -> Tensor:
     step = n // n_view
     idx = (torch.arange(n)[:, None] + step * torch.arange(n_view)[None]) % n
     return views[idx]
+
+
+def joint_azimuths(n: int, n_view: int = 4) -> Tensor:
+    """``[n, n_view]`` azimuths (degrees) of :func:`joint_sets` of a turntable of ``n`` views."""
+    return joint_sets(torch.arange(n, dtype=torch.float32) * 360.0 / n, n_view)
+
+
+def conditional_candidates(
+    mode: str,
+    ours: Tensor,
+    bank_az: Tensor,
+    query_az: Tensor,
+    kappa: float,
+    n_view: int = 4,
+    at_query: Optional[Tensor] = None,
+    per_query: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(data, log_prior)`` of the conditional exact denoiser, ready for
+    :func:`~threestudio_like.guidance.distillation.exact_posterior_mean`.
+
+    ``ours``: our views at the uniform azimuths ``bank_az`` ``[N]``, shared ``[N, ...]`` or, with
+    ``per_query``, ``[B, N, ...]``; ``query_az`` ``[B]`` degrees. ``camera-conditioned`` with ``at_query``
+    ``[B, ...]`` (renders at the exact query cameras) uses those; without, the nearest bank view.
+    ``multi-view-joint`` returns the joint sets ``[N, n_view, ...]`` (``[B, N, n_view, ...]``) of
+    ``ours`` for queries that are groups of ``n_view`` views (the query azimuth is not used).
+    """
+    check_mode(mode)
+    if mode == "multi-view-joint":
+        if per_query:
+            return torch.stack([joint_sets(o, n_view) for o in ours]), None
+        return joint_sets(ours, n_view), None
+    if mode == "camera-conditioned" and at_query is not None:
+        return at_query[:, None], None
+    return ours, conditional_log_prior(mode, query_az, bank_az, kappa)
+
+
+def unconditional_candidates(mode: str, everyone: Tensor, n_view: int = 4) -> Tensor:
+    """Data of the unconditional exact denoiser: ``everyone`` ``[O, N, ...]`` holds the views of
+    O objects (ours among them) at N uniform azimuths; returns all ``[O N, ...]`` views, or for
+    ``multi-view-joint`` all ``[O N, n_view, ...]`` joint sets."""
+    check_mode(mode)
+    if mode == "multi-view-joint":
+        return torch.cat([joint_sets(v, n_view) for v in everyone], 0)
+    return everyone.reshape(-1, *everyone.shape[2:])
+
+
+def guided_noise(
+    x_t: Tensor,
+    t: Tensor,
+    alphas_cumprod: Tensor,
+    cond: Tuple[Tensor, Optional[Tensor]],
+    uncond: Optional[Tensor],
+    scale: float,
+) -> Tensor:
+    """The noise prediction of the exact denoisers: ``cond = (data, log_prior)`` and the
+    unconditional data, combined by CFG with ``scale`` (the unconditional branch is skipped at
+    ``scale == 1``)."""
+    # imported here: the guidance package imports this module (reference-object prior)
+    from threestudio_like.guidance import distillation as D
+
+    alpha, sigma = D.alpha_sigma(alphas_cumprod, t, x_t)
+    x0_c = D.exact_posterior_mean(x_t, alpha, sigma, cond[0], cond[1])
+    eps_c = D.eps_from_x0(x_t, x0_c, t, alphas_cumprod)
+    if scale == 1.0:
+        return eps_c
+    if uncond is None:
+        raise ValueError("guidance_scale != 1 needs the unconditional data set.")
+    x0_u = D.exact_posterior_mean(x_t, alpha, sigma, uncond)
+    eps_u = D.eps_from_x0(x_t, x0_u, t, alphas_cumprod)
+    return D.classifier_free_guidance(eps_u, eps_c, scale)

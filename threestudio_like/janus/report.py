@@ -1,13 +1,15 @@
 """Janus benchmark runner and report for real runs.
 
-    python -m threestudio_like.janus.report --suite benchmarks/janus_suite.json \
+    python launch.py --bench janus --suite benchmarks/janus_suite.json
         --configs dreamfusion-sd21.yaml,mvdream-sd21.yaml --seeds 0,1,2 --out janus-report [key=value ...]
 
-For every config x prompt x seed: trains (``python -m threestudio_like.cli --train``, one process
-per run, in ``<out>/runs/<config>/<prompt>/s<seed>``) unless the run already has its turntable,
-computes the metrics (:mod:`.metrics`) unless ``metrics.json`` exists (resumable), then writes
-``<out>/report.md`` and ``<out>/index.html``: a table per config and metric (Wilson 95% intervals
-for rates), bar charts with intervals and a contact sheet of each asset's turntable.
+(or ``python -m threestudio_like.janus.report`` with the same arguments). For every config x
+prompt x seed: trains (``python -m threestudio_like.cli --train``, one process per run, or in
+this process with ``--in-process``; in ``<out>/runs/<config>/<prompt>/s<seed>``) unless the run
+already has its turntable, computes the metrics (:mod:`.metrics`) unless ``metrics.json`` exists
+(resumable), then writes ``<out>/report.md`` and ``<out>/index.html``: a table per config and
+metric (Wilson 95% intervals for rates), bar charts with intervals and a contact sheet of each
+asset's turntable.
 """
 from __future__ import annotations
 
@@ -49,11 +51,28 @@ def turntable_frames(run_dir: str) -> List[str]:
     return sorted(glob.glob(os.path.join(dirs[-1], "*.png")), key=lambda p: int(re.findall(r"(\d+)\.png", p)[-1]))
 
 
-def train(config: str, prompt: str, seed: int, run_dir: str, overrides: Sequence[str], n_views: int) -> None:
-    cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config, "--train", f"prompt={prompt}",
-           f"seed={seed}", f"exp_root_dir={run_dir}", f"data.n_test_views={n_views}", *overrides]
+def train(config: str, prompt: str, seed: int, run_dir: str, overrides: Sequence[str], n_views: int,
+          in_process: bool = False) -> None:
+    """One training run, logged to ``<run_dir>/train.log``: a ``python -m threestudio_like.cli``
+    process, or with ``in_process`` the same command line run by this interpreter (no start-up
+    and import cost per run; for small runs and tests)."""
+    args = ["--config", config, "--train", f"prompt={prompt}", f"seed={seed}", f"exp_root_dir={run_dir}",
+            f"data.n_test_views={n_views}", *overrides]
     with open(os.path.join(run_dir, "train.log"), "w", encoding="utf-8") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if not in_process:
+            subprocess.run([sys.executable, "-m", "threestudio_like.cli", *args], stdout=log,
+                           stderr=subprocess.STDOUT, check=False)
+            return
+        import contextlib
+        import traceback
+
+        from threestudio_like.cli import main as cli_main
+
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                cli_main(args)
+            except Exception:  # a failed run is reported like a failed process: no turntable
+                traceback.print_exc()
 
 
 def contact_sheet(frames: Sequence[str], path: str, cols: int = 12) -> None:
@@ -61,6 +80,7 @@ def contact_sheet(frames: Sequence[str], path: str, cols: int = 12) -> None:
 
     imgs = [imageio.imread(f)[..., :3] for f in frames]
     h, w = imgs[0].shape[:2]
+    cols = max(1, min(cols, len(imgs)))
     rows = -(-len(imgs) // cols)
     sheet = np.full((rows * h, cols * w, 3), 255, np.uint8)
     for i, im in enumerate(imgs):
@@ -101,6 +121,16 @@ def _fmt(s: Dict[str, Any]) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']})"
 
 
+# Marks every image data-media="ok" once the browser has decoded it ("broken" otherwise), so a
+# headless browser's DOM dump tells whether the page really shows its images.
+_MEDIA_CHECK = """<script>
+document.querySelectorAll('img').forEach(function(i){
+  function mark(){ i.dataset.media = i.naturalWidth > 0 ? 'ok' : 'broken'; }
+  if (i.complete) { mark(); } else { i.addEventListener('load', mark); i.addEventListener('error', mark); }
+});
+</script>"""
+
+
 def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict[str, Any]]) -> None:
     """``report.md`` and ``index.html`` with tables, charts and contact sheets."""
     charts = [k for k in RATE_KEYS + MEAN_KEYS if bar_chart(summary, k, os.path.join(out, f"chart_{k}.png"))]
@@ -109,7 +139,7 @@ def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict
           "<h1>Janus benchmark</h1>"]
     keys = [k for k in RATE_KEYS + MEAN_KEYS if any(k in s for s in summary.values())]
     md += ["| config | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    hp.append("<table border='1'><tr><th>config</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
+    hp.append("<table border='1' class='summary'><tr><th>config</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
     for c, s in summary.items():
         cells = [_fmt(s[k]) if k in s else "—" for k in keys]
         md.append(f"| {c} | " + " | ".join(cells) + " |")
@@ -118,14 +148,14 @@ def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict
     md += ["", "## Charts", ""] + [f"![{k}](chart_{k}.png)" for k in charts]
     hp += ["<h2>Charts</h2>"] + [f"<img src='chart_{k}.png' alt='{k}'>" for k in charts]
     md += ["", "## Assets", "", "| config | prompt | seed | face arcs | second-peak ratio | turntable |", "|---|---|---|---|---|---|"]
-    hp += ["<h2>Assets</h2><table border='1'><tr><th>config</th><th>prompt</th><th>seed</th><th>face arcs</th>"
+    hp += ["<h2>Assets</h2><table border='1' class='assets'><tr><th>config</th><th>prompt</th><th>seed</th><th>face arcs</th>"
            "<th>second-peak ratio</th><th>turntable</th></tr>"]
     for a in assets:
         fa, jpr = a.get("face_arcs", "—"), a.get("second_peak_ratio", float("nan"))
         md.append(f"| {a['config']} | {a['prompt']} | {a['seed']} | {fa} | {jpr:.2f} | ![]({a['sheet']}) |")
         hp.append(f"<tr><td>{html.escape(a['config'])}</td><td>{html.escape(a['prompt'])}</td><td>{a['seed']}</td>"
                   f"<td>{fa}</td><td>{jpr:.2f}</td><td><img src='{html.escape(a['sheet'])}' width='600'></td></tr>")
-    hp.append("</table></body></html>")
+    hp.append("</table>" + _MEDIA_CHECK + "</body></html>")
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(out, "index.html"), "w", encoding="utf-8") as f:
@@ -133,7 +163,7 @@ def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict
 
 
 def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str, overrides: Sequence[str] = (),
-              n_views: int = 36, clip: Optional[str] = None) -> Dict[str, Any]:
+              n_views: int = 36, clip: Optional[str] = None, in_process: bool = False) -> Dict[str, Any]:
     """Train or reuse every run, measure, and write the report; returns assets and summaries."""
     os.makedirs(out, exist_ok=True)
     prompts = load_suite(suite)
@@ -153,7 +183,7 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
                         assets.append(json.load(f))
                     continue
                 if not turntable_frames(run_dir):
-                    train(config, item["prompt"], seed, run_dir, overrides, n_views)
+                    train(config, item["prompt"], seed, run_dir, overrides, n_views, in_process)
                 frames = turntable_frames(run_dir)
                 if not frames:
                     print(f"run failed: {run_dir} (see train.log)", file=sys.stderr)
@@ -177,18 +207,21 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
     return {"assets": assets, "summary": summary}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """Command line (also ``python launch.py --bench janus ...``)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", required=True)
     p.add_argument("--configs", required=True, help="comma-separated config files or names in configs/")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="outputs/janus-report")
     p.add_argument("--n-views", type=int, default=36)
     p.add_argument("--clip", default=None, help="CLIP weights (folder or cached id) for view classes / CLIP score")
+    p.add_argument("--in-process", action="store_true",
+                   help="train in this process instead of one process per run (small runs)")
     p.add_argument("overrides", nargs="*", help="key=value passed to every training run")
     a = p.parse_args(argv)
     r = run_bench(a.suite, a.configs.split(","), [int(s) for s in a.seeds.split(",")], a.out, a.overrides,
-                  a.n_views, a.clip)
+                  a.n_views, a.clip, a.in_process)
     print(f"report: {os.path.join(a.out, 'index.html')} ({len(r['assets'])} assets)")
     return 0
 
