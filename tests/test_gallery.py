@@ -3,9 +3,6 @@ checked as HTML and in headless Chromium (skipped when ``chromium`` is not insta
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -14,6 +11,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
+from browser import chromium, render_page
 from threestudio_like.batch.gallery import collect_result, format_seconds, render_html, write_gallery
 from threestudio_like.batch.state import BatchState, new_job_record
 
@@ -63,27 +61,12 @@ def assert_links_resolve(batch_dir: Path, doc: _Collector) -> int:
     return count
 
 
-def chromium() -> str:
-    """The Chromium executable, or '' when it is not installed."""
-    return shutil.which("chromium") or shutil.which("chromium-browser") or ""
-
 
 def check_gallery_in_chromium(batch_dir: Path, n_cards: int, n_videos: int) -> Path:
     """Open ``index.html`` in headless Chromium: one card per job, every video and image loaded
     by the browser, every link (meshes included) resolving; returns a screenshot."""
-    exe = chromium()
-    assert exe, "chromium is not installed"
-    url = (batch_dir / "index.html").resolve().as_uri()
-    shot = batch_dir / "screenshot.png"
-    with tempfile.TemporaryDirectory(prefix="tsl-chromium-") as profile:
-        base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
-                f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
-        dump = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180)
-        assert dump.returncode == 0, dump.stderr[-2000:]
-        subprocess.run(base + ["--hide-scrollbars", "--window-size=1280,1500", f"--screenshot={shot}", url],
-                       capture_output=True, text=True, timeout=180)
-    doc = _parse(dump.stdout)
+    dom, shot = render_page(batch_dir / "index.html", batch_dir / "screenshot.png", size="1280,1500")
+    doc = _parse(dom)
     cards = doc.of("article", "card")
     assert len(cards) == n_cards, f"{len(cards)} cards in the rendered page"
     videos = doc.of("video")

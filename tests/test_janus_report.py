@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from html.parser import HTMLParser
 
 import pytest
 
+from browser import chromium, render_page
 from threestudio_like.janus.report import MEAN_KEYS, RATE_KEYS, run_bench
 
 # One training step, no validation, checkpoint, mesh or video: the turntable frames are all the
@@ -74,9 +72,6 @@ def check_report_page(out, summary) -> _Page:
     return page
 
 
-def chromium() -> str:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome") or ""
-
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
@@ -108,18 +103,9 @@ def test_tiny_report(tiny_report):
 @pytest.mark.skipif(not chromium(), reason="no chromium/chromium-browser/google-chrome on PATH")
 def test_tiny_report_in_headless_chromium(tiny_report):
     out, _, r = tiny_report
-    url = (out / "index.html").resolve().as_uri()
-    shot = out / "screenshot.png"
-    with tempfile.TemporaryDirectory(prefix="tsl-chromium-") as profile:
-        base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio",
-                f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
-        dump = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180)
-        assert dump.returncode == 0, dump.stderr[-2000:]
-        subprocess.run(base + ["--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={shot}", url],
-                       capture_output=True, text=True, timeout=180)
+    dom, shot = render_page(out / "index.html", out / "screenshot.png")
     page = _Page()
-    page.feed(dump.stdout)
+    page.feed(dom)
     images = [m for m in page.media if "src" in m]
     assert len(images) >= 5
     broken = [m["src"] for m in images if m.get("data-media") != "ok"]

@@ -64,6 +64,7 @@ from threestudio_like.cameras import (
     mvp_matrix,
     projection_matrix,
     rays_for_cameras,
+    spherical_coordinates,
 )
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.data.random_camera import (
@@ -261,10 +262,8 @@ def spherical_from_position(position: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
     The inverse of :func:`threestudio_like.cameras.spherical_to_position` (azimuth in (-180, 180]).
     """
-    distance = position.norm(dim=-1)
-    elevation = torch.rad2deg(torch.asin((position[:, 2] / distance.clamp_min(1e-12)).clamp(-1.0, 1.0)))
-    azimuth = torch.rad2deg(torch.atan2(position[:, 1], position[:, 0]))
-    return elevation, azimuth, distance
+    polar, azimuth, distance = spherical_coordinates(position)
+    return 90.0 - torch.rad2deg(polar), torch.rad2deg(azimuth), distance
 
 
 def check_rigid_c2w(c2w: Any, where: str = "c2w", tol: float = 1e-3) -> Tensor:
