@@ -59,23 +59,13 @@ from threestudio_like.guidance.multiview_attention import (
     install_attention_processors,
 )
 from threestudio_like.guidance.weights import TINY_RANDOM, rerandomize_parameters, resolve_weights
+from threestudio_like.guidance.zero123 import ZERO123_UNET
 
 logger = logging.getLogger(__name__)
 
-# EscherNet's UNet is SD1.5's (ldm terms): 4 input channels, 8 heads, 768-d context tokens.
-ESCHERNET_UNET: Dict[str, Any] = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
-    "channel_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attention_levels": [True, True, True, False],
-    "num_head_channels": 64,
-    "num_heads": 8,
-    "context_dim": 768,
-    "use_linear_in_transformer": False,
-    "transformer_depth": 1,
-}
+# EscherNet's UNet is SD1.5's (ldm terms): Zero-1-to-3's without the image-latent input channels
+# (4 input channels, 8 heads, 768-d context tokens).
+ESCHERNET_UNET: Dict[str, Any] = {**ZERO123_UNET, "in_channels": 4}
 # ConvNeXtV2 at toy size: 224 px input, 4 stages with stride 32 overall -> 7x7 = 49 tokens.
 TINY_CONVNEXT: Dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "image_size": 224}
 TINY_ESCHERNET_UNET: Dict[str, Any] = {
@@ -370,9 +360,7 @@ class EscherNetGuidance(LatentDiffusionGuidance):
     def load_networks(self) -> None:
         nets = load_eschernet_networks(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
         self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
-        factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if self.cfg.image_size % factor:
-            raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
+        self.check_image_size()
 
     def networks(self) -> Dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder}

@@ -222,6 +222,14 @@ class LatentDiffusionGuidance(BaseGuidance):
         """The frozen networks by name (moved and cast together)."""
         return {"vae": self.vae}
 
+    def check_image_size(self) -> None:
+        """``image_size`` must survive the VAE's x8 and the UNet's downsamplings exactly."""
+        factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if self.cfg.image_size % factor:
+            from threestudio_like.config import ConfigError
+
+            raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
+
     # -- device -------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> "LatentDiffusionGuidance":
         """Move the networks (weights become fp16 on CUDA when ``half_precision_weights``)."""

@@ -255,9 +255,7 @@ class MVDreamGuidance(LatentDiffusionGuidance):
         self.unet, self.vae = load_mvdream_networks(
             self.cfg.pretrained_model_name_or_path, self.weights_dtype, self.cfg.num_head_channels
         )
-        factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)  # VAE x8, then the UNet
-        if self.cfg.image_size % factor:
-            raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
+        self.check_image_size()
 
     def networks(self) -> Dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae}

@@ -469,9 +469,7 @@ class Zero123Guidance(LatentDiffusionGuidance):
             self.cfg.num_heads, self.cfg.clip_name_or_path,
         )
         self.unet, self.vae, self.image_encoder, self.projection = nets.unet, nets.vae, nets.image_encoder, nets.projection
-        factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if self.cfg.image_size % factor:
-            raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
+        self.check_image_size()
 
     def networks(self) -> Dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder, "projection": self.projection}
