@@ -1,13 +1,22 @@
-"""Command line: ``python launch.py --config X.yaml (--train|--validate|--test|--export) [k=v ...]``."""
+"""Command line: ``python launch.py --config X.yaml (--train|--validate|--test|--export|--sample) [k=v ...]``.
+
+Every run keeps ``<trial>/status.json`` (:mod:`.run_status`) up to date; errors of the product
+(:mod:`.errors`) end as one ``error: ...`` message and their exit status, mapped in
+:func:`report_failure`. ``--batch``, ``--bench`` and ``--convert`` hand over to their own parsers.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
 import warnings
-from typing import List, Optional, Sequence
+from typing import Any, Optional, Sequence
+
+from threestudio_like.errors import ThreestudioLikeError, category_of, exit_code_of
+from threestudio_like.run_status import ENV_STATUS_FILE, STATUS_FILE, RunStatus
 
 USAGE_EXAMPLES = """examples:
   python launch.py --config demo.yaml --train
@@ -31,6 +40,7 @@ BENCHES = {
     "lab": ("threestudio_like.janus.lab", "lab_main", "Janus per prior mode on the reference-object lab (CPU)"),
     "janus-lab": ("threestudio_like.janus.lab", "lab_main", "same as lab"),
 }
+MODES = ("train", "validate", "test", "export", "sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,21 +76,47 @@ def _quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def report_failure(exc: BaseException, status: Optional[RunStatus] = None, checkpoint: Optional[str] = None) -> int:
+    """The one place where a failure becomes ``error: ...``, a status entry and an exit status.
+
+    Errors of the product print their message (plus what is kept, for run failures); anything
+    else is recorded and re-raised by the caller so that its traceback stays visible.
+    """
+    code = status.fail(exc) if status is not None else exit_code_of(exc)
+    if not isinstance(exc, ThreestudioLikeError):
+        return code
+    category = category_of(exc)
+    kept = checkpoint if checkpoint and os.path.exists(checkpoint) else None
+    message = f"error: {exc}"
+    if category == "nonfinite":
+        message = f"error: non-finite loss: {exc}\nLast good checkpoint: {kept or 'none saved yet'}"
+    elif category == "disk-full":
+        message = f"error: {getattr(exc, 'strerror', None) or exc}"
+    elif category == "export":
+        saved = f" The checkpoint {kept} is saved;" if kept else ""
+        message = f"error: mesh export failed: {exc}{saved} re-run with --export and the suggested threshold."
+    print(message, file=sys.stderr)
+    return code
+
+
+def _early_status(mode: str) -> Optional[RunStatus]:
+    """A status for failures before the trial folder is known, where a supervisor asked for one."""
+    path = os.environ.get(ENV_STATUS_FILE)
+    return RunStatus(path, mode) if path else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # --- batch hook: `launch.py --batch jobs.yaml` runs a job queue (threestudio_like/batch) ---
     if any(a == "--batch" or a.startswith("--batch=") for a in argv):
         from threestudio_like.batch.runner import main as batch_main
 
         return batch_main(argv)
-    # --- end batch hook ---
-    # --- bench hook: `launch.py --bench NAME ...` runs a benchmark (threestudio_like/janus) ---
     if any(a == "--bench" or a.startswith("--bench=") for a in argv):
         return bench_main(argv)
-    # --- end bench hook ---
     if "--convert" in argv:
         return convert_main(argv)
     args, extras = build_parser().parse_known_args(argv)
+    mode = next(m for m in MODES if getattr(args, m))
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         print(f"error: unknown option(s) {unknown_flags}; config overrides are key=value.", file=sys.stderr)
@@ -89,20 +125,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     _quiet_libraries(args.verbose)
 
-    from threestudio_like.config import ConfigError, load_config
+    from threestudio_like.config import load_config
 
     try:
         cfg = load_config(args.config, extras)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.sample:
-        return sample_main(cfg, args)
-    if not args.train and not cfg.resume:
-        print("error: --validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt",
-              file=sys.stderr)
-        return 2
-    return run(cfg, args, argv)
+        if mode not in ("train", "sample") and not cfg.resume:
+            from threestudio_like.errors import ConfigError
+
+            raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
+    except ThreestudioLikeError as exc:
+        return report_failure(exc, _early_status(mode))
+    return run(cfg, mode, argv)
 
 
 def bench_main(argv: Sequence[str]) -> int:
@@ -133,65 +166,69 @@ def bench_main(argv: Sequence[str]) -> int:
 
 def convert_main(argv: Sequence[str]) -> int:
     """``--convert KIND SRC DST``: an original checkpoint -> a diffusers folder (safetensors)."""
+    from threestudio_like.models.loader import convert_checkpoint, converter_kinds
+
     parser = argparse.ArgumentParser(prog="launch.py --convert", description=convert_main.__doc__)
     parser.add_argument("--convert", nargs=3, metavar=("KIND", "SRC", "DST"), required=True,
-                        help="KIND: mvdream | zero123; SRC: checkpoint file or Hugging Face id; DST: output folder")
+                        help=f"KIND: {' | '.join(converter_kinds())}; SRC: checkpoint file or Hugging Face id; "
+                             f"DST: output folder")
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder or id to copy into DST")
     args = parser.parse_args(argv)
     kind, src, dst = args.convert
-    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError, find_converter
-
     try:
-        converter = find_converter(kind)
         print(f"Converting {src} ({kind}) -> {dst}")
-        out = converter(src, dst, tokenizer=args.tokenizer)
-    except (KeyError, MissingWeightsError, UnsafeCheckpointError, ValueError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
+        out = convert_checkpoint(kind, src, dst, tokenizer=args.tokenizer)
+    except ThreestudioLikeError as exc:
+        return report_failure(exc)
     print(f"Done: pass pretrained_model_name_or_path={out}")
     return 0
 
 
-def sample_main(cfg, args) -> int:
-    """``--sample``: the recipe's prior generates images of the prompt (seed=...)."""
-    from threestudio_like.config import ConfigError
-    from threestudio_like.guidance.sampling import run_sample
-    from threestudio_like.guidance.ldm_convert import ConversionError
-    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError
-
+def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
+    """Run ``mode`` for a validated config, keeping ``status.json``; the exit status."""
+    trial = cfg.trial_dir
+    fresh_trial = not os.path.exists(trial)
+    status = RunStatus(os.environ.get(ENV_STATUS_FILE) or os.path.join(trial, STATUS_FILE), mode)
+    status.write()
+    checkpoint = os.path.join(trial, "ckpts", "last.ckpt")
     try:
-        path = run_sample(cfg, seed=cfg.seed)
-    except (ConfigError, MissingWeightsError, UnsafeCheckpointError, ConversionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Samples written: {path}")
-    return 0
+        if mode == "sample":
+            from threestudio_like.sampling import run_sample
+
+            path = run_sample(cfg, status=status)
+            print(f"Samples written: {path}")
+        else:
+            _run_lightning(cfg, mode, argv, status)
+            print(f"Done. Outputs in {trial}")
+        status.finish()
+        return 0
+    except BaseException as exc:
+        code = report_failure(exc, status, checkpoint)
+        if status.data["phase"] == "setup" and fresh_trial and not os.environ.get(ENV_STATUS_FILE):
+            shutil.rmtree(trial, ignore_errors=True)  # nothing was made: leave no empty trial behind
+        if not isinstance(exc, ThreestudioLikeError):
+            raise
+        return code
 
 
-def run(cfg, args, argv: Sequence[str]) -> int:
-    """Build data and system from a validated config and run the requested mode."""
+def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) -> None:
+    """Build data and system, then fit / validate / test / predict with Lightning."""
     import pytorch_lightning as pl
     import torch
 
     from threestudio_like import find
-    from threestudio_like.config import ConfigError, dump_parsed
-    from threestudio_like.geometry.isosurface import IsosurfaceError
-    from threestudio_like.systems.base import NonFiniteLossError
-    from threestudio_like.systems.callbacks import AtomicCheckpoint, DiskFullError, StepProgress
-    from threestudio_like.guidance.ldm_convert import ConversionError
-    from threestudio_like.guidance.weights import MissingWeightsError, UnsafeCheckpointError
+    from threestudio_like.config import dump_parsed
+    from threestudio_like.models.checkpoints import lightning_safe_globals, read_training_checkpoint
+    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress
 
-    weight_errors = (MissingWeightsError, UnsafeCheckpointError, ConversionError)
     trial = cfg.trial_dir
-    os.makedirs(trial, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    try:
-        dm = find(cfg.data_type)(cfg.data)
-        system = find(cfg.system_type)(cfg.system)
-    except (ConfigError, *weight_errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if cfg.resume:
+        read_training_checkpoint(cfg.resume)  # refuses unsafe or damaged files before anything runs
+    dm = find(cfg.data_type)(cfg.data)
+    system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(os.path.join(trial, "save"))
+    system.status = status
 
     use_gpu = torch.cuda.is_available()
     trainer_args = dict(cfg.trainer)
@@ -199,10 +236,12 @@ def run(cfg, args, argv: Sequence[str]) -> int:
         trainer_args["precision"] = "32-true"  # half precision is slow or unsupported on CPU
     if "val_check_interval" in trainer_args:
         trainer_args.setdefault("check_val_every_n_epoch", None)
+    train = mode == "train"
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
-    callbacks = [ckpt_cb, StepProgress()] if args.train else [StepProgress()]
+    callbacks = [ckpt_cb] if train else []
+    callbacks += [StepProgress(), RunStatusCallback(status)]
     loggers = []
-    if args.train:
+    if train:
         dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
         with open(os.path.join(trial, "cmd.txt"), "a") as f:
             f.write("python launch.py " + " ".join(shlex.quote(a) for a in argv) + "\n")
@@ -228,34 +267,22 @@ def run(cfg, args, argv: Sequence[str]) -> int:
         **trainer_args,
     )
     print(f"Trial directory: {trial}")
-    try:
-        if args.train:
-            trainer.fit(system, dm, ckpt_path=cfg.resume)
+    resume = {"ckpt_path": cfg.resume, "weights_only": True}
+    with lightning_safe_globals():
+        if train:
+            try:
+                trainer.fit(system, dm, **resume)
+            finally:
+                if os.path.exists(ckpt_cb.last_path):
+                    status.add_output("checkpoint", ckpt_cb.last_path)
             trainer.test(system, dm, verbose=False)
             trainer.predict(system, dm, return_predictions=False)
-        elif args.validate:
-            trainer.validate(system, dm, ckpt_path=cfg.resume, verbose=False)
-        elif args.test:
-            trainer.test(system, dm, ckpt_path=cfg.resume, verbose=False)
-        elif args.export:
-            trainer.predict(system, dm, ckpt_path=cfg.resume, return_predictions=False)
-    except NonFiniteLossError as exc:
-        kept = ckpt_cb.last_path if os.path.exists(ckpt_cb.last_path) else "none saved yet"
-        print(f"error: non-finite loss: {exc}\nLast good checkpoint: {kept}", file=sys.stderr)
-        return 1
-    except DiskFullError as exc:
-        print(f"error: {exc.strerror}", file=sys.stderr)
-        return 1
-    except (ConfigError, *weight_errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except IsosurfaceError as exc:
-        saved = f" The checkpoint {ckpt_cb.last_path} is saved;" if os.path.exists(ckpt_cb.last_path) else ""
-        print(f"error: mesh export failed: {exc}{saved} re-run with --export and the suggested "
-              f"threshold.", file=sys.stderr)
-        return 1
-    print(f"Done. Outputs in {trial}")
-    return 0
+        elif mode == "validate":
+            trainer.validate(system, dm, verbose=False, **resume)
+        elif mode == "test":
+            trainer.test(system, dm, verbose=False, **resume)
+        elif mode == "export":
+            trainer.predict(system, dm, return_predictions=False, **resume)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from threestudio_like.errors import ConfigError, did_you_mean
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Recipes ship beside the package in a source checkout; an installed copy also looks in the CWD.
 CONFIG_DIRS = (Path.cwd() / "configs", PACKAGE_ROOT.parent / "configs")
@@ -31,10 +33,6 @@ ALIASES: Dict[str, str] = {
     "image": "data.image_path",
     "references": "data.references",
 }
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the message names the key and the fix."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from omegaconf import DictConfig, OmegaConf
 
 from threestudio_like.config import ALIASES, ConfigError, find_config_file, load_config, slugify
+from threestudio_like.errors import JobFileError
 
 TOP_KEYS = ("name", "output_dir", "defaults", "jobs")
 SETTING_KEYS = ("config", "overrides", "seed", "seeds", "export", "retries", "retry_delay",
@@ -67,16 +68,6 @@ BUILTIN_SETTINGS: Dict[str, Any] = {
 
 Override = Tuple[str, Any, str]
 """(dotted key, value, the text as written)."""
-
-
-class JobFileError(ValueError):
-    """A job file that cannot run; ``problems`` lists each one, naming the job and field."""
-
-    def __init__(self, source: Union[str, Path], problems: Sequence[str]) -> None:
-        self.source = str(source)
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in {self.source}:\n{lines}")
 
 
 @dataclass

@@ -29,10 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from threestudio_like.batch.runner import AttemptResult, with_resume
-
-
-class SlurmUnavailable(RuntimeError):
-    """submitit is not installed, or there is no SLURM here."""
+from threestudio_like.errors import SlurmUnavailable
 
 
 class SlurmAttempt:

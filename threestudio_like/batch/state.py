@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
+from threestudio_like.errors import BatchLockedError
+from threestudio_like.utils.files import atomic_write_text
+
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 STATE_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed")
-
-
-class BatchLockedError(RuntimeError):
-    """Another runner holds this batch."""
 
 
 class BatchLock:
@@ -68,18 +67,6 @@ class BatchLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def now() -> float:

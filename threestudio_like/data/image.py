@@ -66,7 +66,8 @@ from threestudio_like.cameras import (
     rays_for_cameras,
     spherical_coordinates,
 )
-from threestudio_like.config import ConfigError, parse_structured
+from threestudio_like.config import parse_structured
+from threestudio_like.errors import ConfigError, ImageLoadError, did_you_mean
 from threestudio_like.data.random_camera import (
     OrbitDataset,
     RandomCameraConfig,
@@ -76,14 +77,6 @@ from threestudio_like.data.random_camera import (
 
 ZERO123_OBJECT_FRACTION = 200.0 / 256.0
 """Zero-1-to-3's framing: the object's longer side spans 200 of 256 pixels."""
-
-
-class ImageLoadError(ConfigError):
-    """An input image that cannot be used; the message names the file and the fix."""
-
-
-# ------------------------------------------------------------------------------------------
-# preprocessing
 
 
 def load_rgba(image_path: str, mask_path: Optional[str] = None) -> Tensor:

@@ -12,14 +12,12 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from threestudio_like.errors import IsosurfaceError
+
 FieldFn = Callable[[torch.Tensor], torch.Tensor]
 Threshold = Union[float, str]
 
 AUTO_THRESHOLD_EPS = 1e-5
-
-
-class IsosurfaceError(ValueError):
-    """The field never crosses the requested level; the message suggests a threshold."""
 
 
 def _as_vec3(value: Union[float, Sequence[float], torch.Tensor]) -> Tuple[float, float, float]:

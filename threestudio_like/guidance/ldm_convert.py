@@ -30,8 +30,7 @@ VAE_PREFIX = "first_stage_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 
-class ConversionError(ValueError):
-    """A state dict does not have the layout a converter expects."""
+from threestudio_like.errors import ConversionError  # noqa: E402  (raised by every converter)
 
 
 def _indices(keys: List[str], pattern: str) -> List[int]:

@@ -22,11 +22,9 @@ from torch import Tensor
 from threestudio_like import find
 from threestudio_like.base import Updateable
 from threestudio_like.config import ConfigError, parse_structured, schedule_value
+from threestudio_like.errors import NonFiniteLossError
+from threestudio_like.run_status import RunStatus
 from threestudio_like.utils import saving
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/Inf: training stops and the last good checkpoint is kept."""
 
 
 @dataclass
@@ -71,6 +69,8 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.save_dir = "save"
+        self.status: Optional[RunStatus] = None
+        """The run's ``status.json`` (set by the command line); outputs are recorded there."""
         self._resumed_step = 0
         self._guidance = None
         self._condition = None
@@ -112,6 +112,13 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
 
     def set_save_dir(self, path: str) -> None:
         self.save_dir = path
+
+    def record_output(self, kind: str, path: str, key: Optional[str] = None, what: str = "") -> None:
+        """Announce a written file and record it in the run's status (``kind``: video, meshes ...)."""
+        if what:
+            print(f"{what} written: {path}")
+        if self.status is not None:
+            self.status.add_output(kind, path, key)
 
     def save_path(self, name: str) -> str:
         path = os.path.join(self.save_dir, name)
@@ -248,7 +255,9 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
                 panels.append(out["comp_normal"][i])
             panels.append(out["opacity"][i])
             panels.append(saving.normalize_depth(out["depth"][i], out["opacity"][i]))
-            saving.save_image_grid(self.save_path(f"it{self.true_global_step}-{index}.png"), panels)
+            path = self.save_path(f"it{self.true_global_step}-{index}.png")
+            saving.save_image_grid(path, panels)
+            self.record_output("validation", path)
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         out = self.render_eval(batch)
@@ -259,11 +268,13 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
     def on_test_epoch_end(self) -> None:
         folder = self.save_path(f"it{self.true_global_step}-test")
         frames = saving.frame_paths(folder)
+        if frames:
+            self.record_output("turntable_frames", folder)
         for fmt in self.cfg.test_formats:
             if fmt not in ("mp4", "gif"):
                 raise ConfigError(f"system.test_formats: '{fmt}' is not mp4 or gif.")
             path = saving.save_video(f"{folder}.{fmt}", frames, fps=self.cfg.test_fps)
-            print(f"Turntable written: {path}")
+            self.record_output("video" if fmt == "mp4" else fmt, path, what="Turntable")
 
     def predict_step(self, batch: Any, batch_idx: int) -> None:
         return None
@@ -274,4 +285,4 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         out_dir = self.save_path(f"it{self.true_global_step}-export/placeholder")
         out_dir = os.path.dirname(out_dir)
         for path in self.exporter(self.geometry, self.material, out_dir):
-            print(f"Mesh written: {path}")
+            self.record_output("meshes", path, key=os.path.splitext(path)[1].lstrip("."), what="Mesh")

@@ -1,4 +1,5 @@
-"""Training callbacks: atomic checkpoints (periodic, on Ctrl-C, at the end) and progress."""
+"""Training callbacks: atomic checkpoints (periodic, on Ctrl-C, at the end), progress lines and
+the run's ``status.json``."""
 from __future__ import annotations
 
 import errno
@@ -10,9 +11,8 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-
-class DiskFullError(OSError):
-    """Saving a checkpoint failed for lack of space; the previous checkpoint is intact."""
+from threestudio_like.errors import DiskFullError
+from threestudio_like.run_status import RunStatus
 
 
 class AtomicCheckpoint(Callback):
@@ -139,3 +139,48 @@ class StepProgress(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         self._stop()
+
+
+class RunStatusCallback(Callback):
+    """Keeps ``status.json`` current: the phase (train, validate, test, export), the training step
+    and loss, and the progress of evaluation passes (see :mod:`threestudio_like.run_status`)."""
+
+    def __init__(self, status: RunStatus) -> None:
+        self.status = status
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.status.set(phase="train", step=trainer.global_step, max_steps=max_steps, progress=None)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        self.status.tick(step=trainer.global_step, loss=float(loss) if loss is not None else None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.status.set(step=trainer.global_step)
+
+    def _start(self, phase: str, totals: Any) -> None:
+        self.status.phase(phase, int(sum(totals)) if totals else None)
+
+    def _advance(self, batch_idx: int) -> None:
+        progress = self.status.data.get("progress") or {}
+        self.status.tick(progress={**progress, "done": batch_idx + 1})
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not trainer.training:  # periodic validation during training stays in the train phase
+            self._start("validate", trainer.num_val_batches)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.training:
+            self._advance(batch_idx)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._start("test", trainer.num_test_batches)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._advance(batch_idx)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._start("export", None)

@@ -1,0 +1,151 @@
+"""The one hierarchy of user-facing errors, each with its exit status and outcome category.
+
+Every problem a user can meet ends as ``error: <message>`` and an exit status, decided here and
+mapped in one place (:func:`exit_code_of`, used by the command line and the batch runner):
+
+* **2, input problems** (:class:`UserInputError`): a config key or value, an image, weights or a
+  checkpoint that cannot be used. Running the same command again fails the same way, so the batch
+  runner never retries them.
+* **1, run failures** (:class:`RunFailure`): a non-finite loss, a full disk, a mesh that cannot be
+  extracted. The trial folder keeps the last good checkpoint.
+
+``category`` is the word written to a run's ``status.json`` (``config``, ``weights``,
+``checkpoint``, ``nonfinite``, ``disk-full``, ``export``, ...); :func:`category_of` extends it to
+foreign exceptions (out of memory, interrupts, crashes). :func:`did_you_mean` is the one
+"closest valid name" hint of the product.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6, prefix: str = "") -> str:
+    """``" Did you mean '<prefix><closest>'?"`` for the closest of ``candidates``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+class ThreestudioLikeError(Exception):
+    """Base of every error shown to the user as ``error: <message>``."""
+
+    exit_code: int = 1
+    """Exit status of the command that stops on this error."""
+    category: str = "crash"
+    """Outcome word recorded in ``status.json`` and by the batch runner."""
+
+
+# ------------------------------------------------------------------------------------------
+# input problems: exit 2, never retried
+
+
+class UserInputError(ThreestudioLikeError):
+    """Input that cannot be used as given; the message names the problem and the fix."""
+
+    exit_code = 2
+    category = "config"
+
+
+class ConfigError(UserInputError, ValueError):
+    """A config problem the user can fix; the message names the key and the fix."""
+
+
+class ImageLoadError(ConfigError):
+    """An input image (or mask) that is missing, unreadable or unusable."""
+
+
+class JobFileError(ConfigError):
+    """A job file that cannot run; ``problems`` lists each one, naming the job and field."""
+
+    def __init__(self, source: Union[str, Path], problems: Sequence[str]) -> None:
+        self.source = str(source)
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in {self.source}:\n{lines}")
+
+
+class WeightsError(UserInputError):
+    """Model weights that cannot be found, read safely or converted."""
+
+    category = "weights"
+
+
+class MissingWeightsError(WeightsError, FileNotFoundError):
+    """Weights could not be found (locally, in the Hugging Face cache, or online)."""
+
+
+class UnsafeCheckpointError(WeightsError, RuntimeError):
+    """A pickled file holds Python objects besides tensors and was not loaded."""
+
+
+class ConversionError(WeightsError, ValueError):
+    """A state dict does not have the layout a converter expects."""
+
+
+class CheckpointError(UserInputError, RuntimeError):
+    """A training checkpoint (``resume=``) that is missing, damaged, unsafe or from another run."""
+
+    category = "checkpoint"
+
+
+class BatchLockedError(UserInputError, RuntimeError):
+    """Another batch runner holds this batch folder."""
+
+    category = "locked"
+
+
+class SlurmUnavailable(UserInputError, RuntimeError):
+    """submitit is not installed, or there is no SLURM here."""
+
+
+# ------------------------------------------------------------------------------------------
+# run failures: exit 1
+
+
+class RunFailure(ThreestudioLikeError):
+    """A run that started but could not finish; its last good checkpoint is kept."""
+
+
+class NonFiniteLossError(RunFailure, RuntimeError):
+    """A loss became NaN/Inf: training stops and the last good checkpoint is kept."""
+
+    category = "nonfinite"
+
+
+class DiskFullError(RunFailure, OSError):
+    """Writing failed for lack of space; the previous checkpoint is intact."""
+
+    category = "disk-full"
+
+
+class IsosurfaceError(RunFailure, ValueError):
+    """No surface could be extracted at the requested density level."""
+
+    category = "export"
+
+
+# ------------------------------------------------------------------------------------------
+# mapping any exception to an outcome
+
+INTERRUPTED_EXIT = 130
+
+
+def category_of(exc: BaseException) -> str:
+    """The outcome word of any exception (ours, out of memory, interrupts, crashes)."""
+    if isinstance(exc, ThreestudioLikeError):
+        return exc.category
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException":
+        return "interrupted"
+    return "crash"
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit status a command ends with after ``exc``."""
+    if isinstance(exc, ThreestudioLikeError):
+        return exc.exit_code
+    if category_of(exc) == "interrupted":
+        return INTERRUPTED_EXIT
+    return 1
