@@ -158,10 +158,6 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.level = bisect.bisect_right(list(self.cfg.resolution_milestones), global_step)
 
-    def get_all_images(self) -> Tensor:
-        """The conditioning images ``[N, S, S, 3]`` (white background)."""
-        return self.condition["cond_rgb"]
-
     def reference_views(self) -> Dict[str, Tensor]:
         """The posed conditioning images: ``cond_rgb`` ``[N, S, S, 3]``, ``cond_mask``
         ``[N, S, S, 1]``, ``c2w`` ``[N, 4, 4]``, ``camera_positions`` ``[N, 3]``, ``fovy``,
