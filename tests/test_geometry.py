@@ -80,6 +80,40 @@ def test_unknown_config_key_names_the_closest():
         make_volume(density_bias="blob")
 
 
+@pytest.mark.parametrize(
+    "cfg, pattern",
+    [
+        (
+            {"pos_encoding_config": dict(TINY_ENCODING, n_level=8)},
+            r"'system\.geometry\.pos_encoding_config\.n_level'.*"
+            r"Did you mean 'system\.geometry\.pos_encoding_config\.n_levels'",
+        ),
+        (
+            {"pos_encoding_config": dict(TINY_ENCODING, otype="HashGrd")},
+            r"system\.geometry\.pos_encoding_config\.otype='HashGrd'.*Did you mean 'HashGrid'",
+        ),
+        (
+            {"pos_encoding_config": dict(TINY_ENCODING, backend="cuda")},
+            r"system\.geometry\.pos_encoding_config: .*backend",
+        ),
+        (
+            {"mlp_network_config": {"n_neuron": 16}},
+            r"'system\.geometry\.mlp_network_config\.n_neuron'.*"
+            r"Did you mean 'system\.geometry\.mlp_network_config\.n_neurons'",
+        ),
+        (
+            {"mlp_network_config": {"output_activation": "sigmoidd"}},
+            r"system\.geometry\.mlp_network_config: .*'sigmoidd'.*Did you mean 'sigmoid'",
+        ),
+        ({"density_activation": "softplu"}, r"system\.geometry\.density_activation.*Did you mean 'softplus'"),
+        ({"isosurface_resolution": 1}, r"system\.geometry\.isosurface_resolution must be >= 2"),
+    ],
+)
+def test_bad_encoding_and_mlp_configs_are_config_errors_naming_the_key(cfg, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_volume(**cfg)
+
+
 def test_forward_shapes_and_keys():
     geo = make_volume()
     pts = torch.rand(2, 5, 3) * 2 - 1

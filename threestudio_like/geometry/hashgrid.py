@@ -30,11 +30,13 @@ state dict saved with one backend loads into the other.
 Two deliberate deviations from raw tcnn, applied to both backends: inputs are clamped to
 ``[0,1]`` (tcnn wraps out-of-range coordinates around, which is meaningless), and a progressive
 band mask is applied to the output (as threestudio's ``ProgressiveBandHashGrid``).
+
+:func:`get_encoding` builds any encoding of a threestudio/tcnn-style config dict: this hash grid
+(plain or progressive) or the spherical harmonics of :mod:`.networks`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -43,9 +45,19 @@ import torch
 import torch.nn as nn
 
 from threestudio_like.base import Updateable
+from threestudio_like.errors import ConfigError, did_you_mean
+from threestudio_like.geometry.config_dicts import (
+    check_known_keys,
+    config_errors_under,
+    key_path,
+    plain_dict,
+)
+from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
 
 # tcnn's coherent prime hash factors (first one is 1 on purpose: memory coherence along x).
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+_BACKENDS = ("auto", "tcnn", "torch")
 
 # Corner-elements (points x levels x corners) processed per level block by the torch backend;
 # bounds the int64 index / gathered-feature temporaries to a few hundred MB.
@@ -135,16 +147,20 @@ class HashGridEncoding(nn.Module, Updateable):
         update_steps: int = 1,
     ) -> None:
         super().__init__()
-        if backend not in ("auto", "tcnn", "torch"):
-            raise ValueError(
+        if backend not in _BACKENDS:
+            raise ConfigError(
                 f"HashGridEncoding backend must be 'auto', 'tcnn' or 'torch', got {backend!r}."
+                f"{did_you_mean(str(backend), _BACKENDS)}"
             )
         if not 1 <= n_input_dims <= len(HASH_PRIMES):
             raise ValueError(f"n_input_dims must be in 1..{len(HASH_PRIMES)}, got {n_input_dims}.")
         if n_levels < 1 or n_features_per_level < 1:
-            raise ValueError("n_levels and n_features_per_level must be positive.")
+            raise ConfigError(
+                f"n_levels and n_features_per_level must be positive, got {n_levels} and "
+                f"{n_features_per_level}."
+            )
         if update_steps < 1:
-            raise ValueError(f"update_steps must be >= 1, got {update_steps}.")
+            raise ConfigError(f"update_steps must be >= 1, got {update_steps}.")
         self.n_input_dims = int(n_input_dims)
         self.n_levels = int(n_levels)
         self.n_features_per_level = int(n_features_per_level)
@@ -170,11 +186,14 @@ class HashGridEncoding(nn.Module, Updateable):
         )
         n_entries = self.levels[-1]["offset"] + self.levels[-1]["table_size"]
         if n_entries >= 2**31:
-            raise ValueError(f"Hash grid too large ({n_entries} entries); indices are int32.")
+            raise ConfigError(
+                f"Hash grid too large ({n_entries} entries; indices are int32): lower n_levels, "
+                "log2_hashmap_size or per_level_scale."
+            )
         if any(
             lv["hashed"] and lv["table_size"] != 1 << self.log2_hashmap_size for lv in self.levels
         ):
-            raise ValueError(
+            raise ConfigError(
                 "Unsupported hash-grid layout: a hashed level's table is not 2^log2_hashmap_size."
             )
         self.n_params = n_entries * self.n_features_per_level
@@ -397,69 +416,43 @@ HASHGRID_DEFAULTS = {
 # Defaults of threestudio's dreamfusion recipe for the progressive variant.
 _PROGRESSIVE_KEYS = {"start_level": 8, "start_step": 2000, "update_steps": 500}
 _ACCEPTED_CONSTANTS = {"interpolation": "Linear", "type": "Hash"}
+_OTYPES = ("HashGrid", "Grid", "ProgressiveBandHashGrid", "SphericalHarmonics")
 
 
-def _plain_dict(config: Any) -> Dict[str, Any]:
-    if config is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(config, DictConfig):
-            return dict(OmegaConf.to_container(config, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(config, Mapping):
-        raise TypeError(f"An encoding config must be a mapping, got {type(config).__name__}.")
-    return dict(config)
-
-
-def get_encoding(n_input_dims: int, config: Mapping[str, Any]) -> nn.Module:
+def get_encoding(n_input_dims: int, config: Mapping[str, Any], where: str = "") -> nn.Module:
     """Build an encoding from a threestudio/tcnn-style dict.
 
     ``otype``: ``"HashGrid"`` (also ``"Grid"``), ``"ProgressiveBandHashGrid"`` (keys above plus
     ``start_level``, ``start_step``, ``update_steps``; defaults 8 / 2000 / 500) or
     ``"SphericalHarmonics"`` (key ``degree``; see :class:`networks.SphericalHarmonicsEncoding`).
+    A bad key or value raises :class:`ConfigError` naming it under ``where`` (the config path of
+    ``config``, e.g. ``system.geometry.pos_encoding_config``).
     """
-    cfg = _plain_dict(config)
+    cfg = plain_dict(config, where)
     otype = cfg.pop("otype", "HashGrid")
     if otype == "SphericalHarmonics":
-        from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
-
-        degree = cfg.pop("degree", 4)
-        if cfg:
-            raise ValueError(
-                f"Unknown SphericalHarmonics encoding keys: {sorted(cfg)} (valid: degree)."
-            )
+        check_known_keys(cfg, ("degree",), "SphericalHarmonics encoding", where)
         if n_input_dims != 3:
             raise ValueError("SphericalHarmonics encodes 3-d directions.")
-        return SphericalHarmonicsEncoding(degree=degree)
-    if otype not in ("HashGrid", "Grid", "ProgressiveBandHashGrid"):
-        raise ValueError(
-            f"Unknown encoding otype {otype!r}; expected 'HashGrid', 'ProgressiveBandHashGrid' or "
+        with config_errors_under(where):
+            return SphericalHarmonicsEncoding(degree=cfg.get("degree", 4))
+    if otype not in _OTYPES:
+        raise ConfigError(
+            f"Encoding {key_path(where, 'otype')}={otype!r} is not supported."
+            f"{did_you_mean(str(otype), _OTYPES)} Expected 'HashGrid', 'ProgressiveBandHashGrid' or "
             "'SphericalHarmonics'."
         )
-    valid = dict(HASHGRID_DEFAULTS)
-    progressive = otype == "ProgressiveBandHashGrid"
-    valid.update(_PROGRESSIVE_KEYS)
     for key, value in _ACCEPTED_CONSTANTS.items():
         if key in cfg:
             if cfg[key] != value:
-                raise ValueError(
-                    f"HashGrid encoding supports only {key}={value!r}, got {cfg[key]!r}."
+                raise ConfigError(
+                    f"HashGrid encoding supports only {key_path(where, key)}={value!r}, got {cfg[key]!r}."
                 )
             cfg.pop(key)
-    for key in cfg:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"Unknown hash-grid encoding key '{key}'.{hint} Valid keys: {', '.join(sorted(valid))}."
-            )
+    check_known_keys(cfg, {**HASHGRID_DEFAULTS, **_PROGRESSIVE_KEYS}, "hash-grid encoding", where)
     args = {k: cfg.get(k, v) for k, v in HASHGRID_DEFAULTS.items()}
-    if progressive:
+    if otype == "ProgressiveBandHashGrid" or any(k in cfg for k in _PROGRESSIVE_KEYS):
+        # A plain HashGrid with progressive keys honours them too (the user asked for masking).
         args.update({k: cfg.get(k, v) for k, v in _PROGRESSIVE_KEYS.items()})
-    elif any(k in cfg for k in _PROGRESSIVE_KEYS):
-        # A plain HashGrid with progressive keys: honour them (the user asked for masking).
-        args.update({k: cfg.get(k, v) for k, v in _PROGRESSIVE_KEYS.items()})
-    return HashGridEncoding(n_input_dims=n_input_dims, **args)
+    with config_errors_under(where):
+        return HashGridEncoding(n_input_dims=n_input_dims, **args)

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 
 from threestudio_like import register
 from threestudio_like.base import BaseModule
+from threestudio_like.errors import ConfigError, did_you_mean
 from threestudio_like.geometry.hashgrid import HASHGRID_DEFAULTS, get_encoding
 from threestudio_like.geometry.isosurface import marching_cubes
 from threestudio_like.geometry.networks import get_activation, get_mlp
 
 DENSITY_ACTIVATIONS = ("softplus", "exp", "trunc_exp", "relu")
 NORMAL_TYPES = (None, "analytic", "finite_difference")
+_WHERE = "system.geometry"
+"""Config path of the geometry, named in messages about its keys."""
 
 
 def _default_pos_encoding() -> Dict[str, Any]:
@@ -82,34 +85,42 @@ class HashGridImplicitVolume(BaseModule):
     def configure(self) -> None:
         cfg = self.cfg
         if cfg.density_activation not in DENSITY_ACTIVATIONS:
-            raise ValueError(
-                f"density_activation must be one of {', '.join(DENSITY_ACTIVATIONS)}, "
-                f"got {cfg.density_activation!r}."
+            raise ConfigError(
+                f"{_WHERE}.density_activation must be one of {', '.join(DENSITY_ACTIVATIONS)}, "
+                f"got {cfg.density_activation!r}.{did_you_mean(str(cfg.density_activation), DENSITY_ACTIVATIONS)}"
             )
         if cfg.normal_type not in NORMAL_TYPES:
-            raise ValueError(
-                f"normal_type must be null, 'analytic' or 'finite_difference', got {cfg.normal_type!r}."
+            raise ConfigError(
+                f"{_WHERE}.normal_type must be null, 'analytic' or 'finite_difference', got "
+                f"{cfg.normal_type!r}.{did_you_mean(str(cfg.normal_type), NORMAL_TYPES[1:])}"
             )
         bias = cfg.density_bias
         if not (isinstance(bias, (int, float)) and not isinstance(bias, bool)) and bias not in (
             "blob_magic3d",
             "blob_dreamfusion",
         ):
-            raise ValueError(
-                f"density_bias must be 'blob_magic3d', 'blob_dreamfusion' or a number, got {bias!r}."
+            raise ConfigError(
+                f"{_WHERE}.density_bias must be 'blob_magic3d', 'blob_dreamfusion' or a number, got "
+                f"{bias!r}.{did_you_mean(str(bias), ('blob_magic3d', 'blob_dreamfusion'))}"
             )
         if not (
             isinstance(cfg.isosurface_threshold, (int, float)) or cfg.isosurface_threshold == "auto"
         ):
-            raise ValueError(
-                f"isosurface_threshold must be a number or 'auto', got {cfg.isosurface_threshold!r}."
+            raise ConfigError(
+                f"{_WHERE}.isosurface_threshold must be a number or 'auto', got "
+                f"{cfg.isosurface_threshold!r}."
+            )
+        if cfg.isosurface_resolution < 2:
+            raise ConfigError(
+                f"{_WHERE}.isosurface_resolution must be >= 2, got {cfg.isosurface_resolution}."
             )
         if cfg.radius <= 0:
-            raise ValueError(f"radius must be positive, got {cfg.radius}.")
-        self.encoding = get_encoding(3, cfg.pos_encoding_config)
-        self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config)
+            raise ConfigError(f"{_WHERE}.radius must be positive, got {cfg.radius}.")
+        self.encoding = get_encoding(3, cfg.pos_encoding_config, f"{_WHERE}.pos_encoding_config")
+        mlp_where = f"{_WHERE}.mlp_network_config"
+        self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config, mlp_where)
         self.feature_network = (
-            get_mlp(self.encoding.n_output_dims, cfg.n_feature_dims, cfg.mlp_network_config)
+            get_mlp(self.encoding.n_output_dims, cfg.n_feature_dims, cfg.mlp_network_config, mlp_where)
             if cfg.n_feature_dims > 0
             else None
         )

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from threestudio_like.errors import IsosurfaceError
+from threestudio_like.errors import ConfigError, IsosurfaceError
 
 FieldFn = Callable[[torch.Tensor], torch.Tensor]
 Threshold = Union[float, str]
@@ -47,7 +47,7 @@ def evaluate_lattice(
     in chunks of ``chunk`` points on ``device`` (default CPU).
     """
     if resolution < 2:
-        raise ValueError(f"Isosurface resolution must be >= 2, got {resolution}.")
+        raise ConfigError(f"Isosurface resolution must be >= 2, got {resolution}.")
     lo, hi = _as_vec3(bbox_min), _as_vec3(bbox_max)
     device = torch.device(device) if device is not None else torch.device("cpu")
     axes = [torch.linspace(lo[d], hi[d], resolution, device=device) for d in range(3)]
@@ -132,7 +132,7 @@ def extract_isosurface(
     grid = np.nan_to_num(np.asarray(grid, dtype=np.float32), nan=0.0, posinf=1e10, neginf=-1e10)
     if isinstance(threshold, str):
         if threshold != "auto":
-            raise ValueError(f"isosurface threshold must be a number or 'auto', got {threshold!r}.")
+            raise ConfigError(f"isosurface threshold must be a number or 'auto', got {threshold!r}.")
         level = auto_threshold(grid)
     else:
         level = float(threshold)

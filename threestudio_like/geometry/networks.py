@@ -6,20 +6,25 @@
 * :class:`SphericalHarmonicsEncoding`: the real SH basis of tcnn's ``SphericalHarmonics``
   encoding (same constants, signs and ordering), for unit view directions.
 
-``get_encoding`` (hash grids, SH) lives in :mod:`threestudio_like.geometry.hashgrid` and is
-re-exported here.
+The config-dict builder of encodings, ``get_encoding`` (hash grids, SH), lives in
+:mod:`threestudio_like.geometry.hashgrid`, which imports the SH encoding from here.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from threestudio_like.geometry.hashgrid import _plain_dict, get_encoding  # noqa: F401  (re-export)
+from threestudio_like.errors import ConfigError, did_you_mean
+from threestudio_like.geometry.config_dicts import (
+    check_known_keys,
+    config_errors_under,
+    key_path,
+    plain_dict,
+)
 
 
 def get_activation(name: Optional[str]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -35,9 +40,9 @@ def get_activation(name: Optional[str]) -> Callable[[torch.Tensor], torch.Tensor
         "trunc_exp": trunc_exp,
     }
     if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"Unknown activation '{name}'.{hint} Valid: none, {', '.join(table)}.")
+        raise ConfigError(
+            f"Unknown activation '{name}'.{did_you_mean(str(name), table)} Valid: none, {', '.join(table)}."
+        )
     return table[name]
 
 
@@ -80,7 +85,7 @@ class VanillaMLP(nn.Module):
     ) -> None:
         super().__init__()
         if activation.lower() != "relu":
-            raise ValueError(f"VanillaMLP supports activation 'ReLU' only, got {activation!r}.")
+            raise ConfigError(f"VanillaMLP supports activation 'ReLU' only, got {activation!r}.")
         self.dim_in, self.dim_out = int(dim_in), int(dim_out)
         layers: list = []
         width = self.dim_in
@@ -100,38 +105,41 @@ class VanillaMLP(nn.Module):
 
 
 _MLP_KEYS = {"otype", "n_neurons", "n_hidden_layers", "activation", "output_activation", "bias"}
+_MLP_OTYPES = ("VanillaMLP", "FullyFusedMLP", "CutlassMLP")
 
 
-def get_mlp(n_input_dims: int, n_output_dims: int, config: Mapping[str, Any]) -> VanillaMLP:
+def get_mlp(
+    n_input_dims: int, n_output_dims: int, config: Mapping[str, Any], where: str = ""
+) -> VanillaMLP:
     """Build an MLP from a threestudio/tcnn-style dict.
 
     ``otype`` "VanillaMLP" (also "FullyFusedMLP"/"CutlassMLP", which run as the same torch MLP),
     ``n_neurons`` (64), ``n_hidden_layers`` (1), ``activation`` ("ReLU"), ``output_activation``
-    ("none"), ``bias`` (False).
+    ("none"), ``bias`` (False). A bad key or value raises :class:`ConfigError` naming it under
+    ``where`` (the config path of ``config``, e.g. ``system.geometry.mlp_network_config``).
     """
-    cfg = _plain_dict(config)
-    for key in cfg:
-        if key not in _MLP_KEYS:
-            close = difflib.get_close_matches(key, sorted(_MLP_KEYS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"Unknown MLP config key '{key}'.{hint} Valid: {', '.join(sorted(_MLP_KEYS))}."
-            )
+    cfg = plain_dict(config, where)
+    check_known_keys(cfg, _MLP_KEYS, "MLP config", where)
     otype = cfg.get("otype", "VanillaMLP")
-    if otype not in ("VanillaMLP", "FullyFusedMLP", "CutlassMLP"):
-        raise ValueError(f"Unknown MLP otype {otype!r}; expected 'VanillaMLP'.")
+    if otype not in _MLP_OTYPES:
+        raise ConfigError(
+            f"MLP {key_path(where, 'otype')}={otype!r} is not supported."
+            f"{did_you_mean(str(otype), _MLP_OTYPES)} Expected 'VanillaMLP' (or 'FullyFusedMLP' / "
+            "'CutlassMLP', which run as the same torch MLP)."
+        )
     output_activation = cfg.get("output_activation", None)
     if isinstance(output_activation, str) and output_activation.lower() == "none":
         output_activation = None
-    return VanillaMLP(
-        n_input_dims,
-        n_output_dims,
-        n_neurons=int(cfg.get("n_neurons", 64)),
-        n_hidden_layers=int(cfg.get("n_hidden_layers", 1)),
-        activation=str(cfg.get("activation", "ReLU")),
-        output_activation=output_activation,
-        bias=bool(cfg.get("bias", False)),
-    )
+    with config_errors_under(where):
+        return VanillaMLP(
+            n_input_dims,
+            n_output_dims,
+            n_neurons=int(cfg.get("n_neurons", 64)),
+            n_hidden_layers=int(cfg.get("n_hidden_layers", 1)),
+            activation=str(cfg.get("activation", "ReLU")),
+            output_activation=output_activation,
+            bias=bool(cfg.get("bias", False)),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ class SphericalHarmonicsEncoding(nn.Module):
     def __init__(self, degree: int = 3, inputs_in_01: bool = False) -> None:
         super().__init__()
         if not 1 <= int(degree) <= 5:
-            raise ValueError(
+            raise ConfigError(
                 f"SphericalHarmonicsEncoding supports degree 1..5 (tcnn: bands), got {degree}."
             )
         self.degree = int(degree)

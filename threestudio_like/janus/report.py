@@ -5,7 +5,7 @@
 
 (or ``python -m threestudio_like.janus.report`` with the same arguments). For every config x
 prompt x seed: trains (``python -m threestudio_like.cli --train``, one process per run, or in
-this process with ``--in-process``; in ``<out>/runs/<config>/<prompt>/s<seed>``) unless the run
+this process with ``--in-process``; in ``<out>/runs/<config>/<prompt slug>/s<seed>``) unless the run
 already has its turntable, computes the metrics (:mod:`.metrics`) unless ``metrics.json`` exists
 (resumable), then writes ``<out>/report.md`` and ``<out>/index.html``: a table per config and
 metric (Wilson 95% intervals for rates), bar charts with intervals and a contact sheet of each
@@ -25,14 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from threestudio_like.config import slugify
 from threestudio_like.janus.metrics import HaarFaceDetector, aggregate, asset_metrics, try_clip
 
 RATE_KEYS = ("janus_face", "janus_view", "second_peak_above_1")
 MEAN_KEYS = ("face_arcs", "second_peak_ratio", "back_as_front_rate", "clip_score")
-
-
-def slug(text: str, n: int = 48) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:n] or "prompt"
 
 
 def load_suite(path: str) -> List[Dict[str, str]]:
@@ -174,7 +171,7 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
         cname = os.path.splitext(os.path.basename(config))[0]
         for item in prompts:
             for seed in seeds:
-                rel = os.path.join("runs", cname, slug(item["prompt"]), f"s{seed}")
+                rel = os.path.join("runs", cname, slugify(item["prompt"], max_len=48), f"s{seed}")
                 run_dir = os.path.join(out, rel)
                 os.makedirs(run_dir, exist_ok=True)
                 mpath = os.path.join(run_dir, "metrics.json")
