@@ -35,8 +35,8 @@ def write_full_random(folder: str) -> str:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import ConvNextV2Config, ConvNextV2Model
 
-    from threestudio_like.guidance import ldm_convert as LC
-    from threestudio_like.guidance.eschernet import ESCHERNET_UNET
+    from threestudio_like.models import ldm_convert as LC
+    from threestudio_like.models.architectures import ESCHERNET_UNET
 
     sd_vae = {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "z_channels": 4}
     parts = {

@@ -29,13 +29,13 @@ def write_full_random(folder: str) -> str:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from threestudio_like.guidance import ldm_convert as LC
-    from threestudio_like.guidance.mvdream import MVDREAM_SD21_UNET
+    from threestudio_like.models import ldm_convert as LC
+    from threestudio_like.models.architectures import MVDREAM_UNET
     from threestudio_like.prompt.stable_diffusion import tiny_tokenizer
 
     sd2_vae = {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "z_channels": 4}
     parts = {
-        "unet": UNet2DConditionModel(**LC.diffusers_unet_config(MVDREAM_SD21_UNET)),
+        "unet": UNet2DConditionModel(**LC.diffusers_unet_config(MVDREAM_UNET)),
         "vae": AutoencoderKL(**LC.diffusers_vae_config(sd2_vae)),
         "text_encoder": CLIPTextModel(CLIPTextConfig(
             vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,

@@ -71,7 +71,7 @@ def known_answer_ious(trial: str, step: int = 300):
 
     from threestudio_like import find
     from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
-    from threestudio_like.guidance.reference_object import ReferenceObjectGeometry
+    from threestudio_like.reference.object import ReferenceObjectGeometry
 
     truth = ReferenceObjectGeometry({}).occupancy
     path = os.path.join(trial, "save", f"it{step}-export", "model.ply")

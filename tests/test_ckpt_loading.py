@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from threestudio_like.guidance import ldm_convert as LC
-from threestudio_like.guidance.weights import (
-    TENSOR_ONLY_PICKLE,
-    UnloadedObject,
-    UnsafeCheckpointError,
-    load_state_dict_file,
-)
+from threestudio_like.errors import UnsafeCheckpointError
+from threestudio_like.models import ldm_convert as LC
+from threestudio_like.models.checkpoints import load_state_dict_file
+from threestudio_like.models.safe_pickle import TENSOR_ONLY_PICKLE, UnloadedObject
 
 
 class ModelCheckpoint:  # stands for pytorch_lightning.callbacks.ModelCheckpoint, unknown to the reader

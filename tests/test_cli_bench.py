@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from threestudio_like import cli
-from threestudio_like.guidance.weights import UnsafeCheckpointError
+from threestudio_like.errors import UnsafeCheckpointError
 
 from conftest import TINY_OVERRIDES
 
@@ -62,10 +62,11 @@ def _unsafe(*args, **kwargs):
 
 
 def test_unsafe_checkpoints_are_reported_not_raised(monkeypatch, capsys, tmp_path):
-    from threestudio_like.guidance import sampling, weights
+    from threestudio_like.models import loader
+    from threestudio_like.sampling import run as sampling
     from threestudio_like.systems.sds import SDSSystem
 
-    monkeypatch.setattr(weights, "find_converter", lambda kind: _unsafe)
+    monkeypatch.setattr(loader, "convert_checkpoint", _unsafe)
     assert cli.main(["--convert", "mvdream", "x.pt", str(tmp_path / "out")]) == 2
     assert "error: the checkpoint holds Python objects" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,21 +13,22 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like import find
-from threestudio_like.cameras import c2w_from_spherical, deg2rad
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad
 from threestudio_like.cli import main
+from threestudio_like.errors import MissingWeightsError
 from threestudio_like.guidance.eschernet import (
+    ESCHERNET_WEIGHTS,
     CaPEAttnProcessor,
     CaPEPoses,
-    TINY_ESCHERNET_UNET,
     cape_4dof,
     cape_6dof,
     eschernet_4dof_pose,
     eschernet_w2c,
-    load_eschernet_networks,
     reference_preprocess,
     reference_tokens,
 )
-from threestudio_like.guidance.weights import MissingWeightsError
+from threestudio_like.models.architectures import TINY_ESCHERNET_UNET
+from threestudio_like.models.loader import load_model
 
 
 def random_rigid(generator: torch.Generator, translation: float = 0.5) -> torch.Tensor:
@@ -150,6 +152,10 @@ def test_processor_equals_explicit_joint_attention_with_cape():
 
 
 # ------------------------------------------------------------------------------ on the UNet
+def load_eschernet_networks(name):
+    return SimpleNamespace(**load_model(ESCHERNET_WEIGHTS, name))
+
+
 @pytest.fixture(scope="module")
 def networks():
     return load_eschernet_networks("tiny-random")
@@ -274,16 +280,16 @@ def test_guidance_sds_and_recon_losses_reach_the_renders(guidance):
     cond = guidance.prepare_condition(torch.rand(1, 64, 64, 3), refs)
     c2w = cameras([15.0] * 8, [float(a) for a in range(0, 360, 45)], [2.0] * 8)
     for recon in (False, True):
-        guidance.cfg.recon_loss = recon
+        guidance.cfg.update_rule = "x0" if recon else "sds"
         rgb = torch.rand(8, 32, 32, 3, requires_grad=True)
-        out = guidance(rgb, cond, c2w=c2w, n_views=4)
+        out = guidance(rgb, cond, Cameras.from_c2w(c2w, n_views=4))
         out["loss_sds"].backward()
         assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
-    guidance.cfg.recon_loss = False
+    guidance.cfg.update_rule = "sds"
     with pytest.raises(Exception, match="n_view"):
-        guidance(torch.rand(6, 32, 32, 3), cond, c2w=c2w[:6], n_views=3)
+        guidance(torch.rand(6, 32, 32, 3), cond, Cameras.from_c2w(c2w[:6], n_views=3))
     with pytest.raises(Exception, match="posed images"):
-        guidance(torch.rand(4, 32, 32, 3), None, c2w=c2w[:4])
+        guidance(torch.rand(4, 32, 32, 3), None, Cameras.from_c2w(c2w[:4]))
 
 
 def test_diffusers_folder_loads_the_same_networks(tmp_path, networks):
@@ -353,7 +359,7 @@ def test_sample_writes_references_and_novel_views(tmp_path):
 
     args = ["--config", "eschernet-6dof.yaml", "--sample", *_write_references(tmp_path, 3), f"exp_root_dir={tmp_path}",
             "system.guidance.pretrained_model_name_or_path=tiny-random", "system.guidance.image_size=64",
-            "data.condition_size=64", "system.guidance.sample_steps=2", "system.guidance.sample_views=[[0,90],[20,180]]"]
+            "data.condition_size=64", "sample.steps=2", "sample.views=[[0,90],[20,180]]"]
     assert main(args) == 0
     (grid,) = glob.glob(str(tmp_path / "eschernet-6dof" / "*" / "save" / "sample-seed0.png"))
     assert imageio.imread(grid).shape == (64, 5 * 64, 3)  # 3 references + 2 generated views

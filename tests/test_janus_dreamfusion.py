@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from threestudio_like import find
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad
 from threestudio_like.guidance import distillation as D
 from threestudio_like.prompt.view_dependent import DIRECTIONS, direction_index
 
@@ -31,6 +32,7 @@ def test_tiny_random_sds_with_view_dependent_prompts_and_perp_neg(tmp_path):
         g = find("stable-diffusion-guidance")({"pretrained_model_name_or_path": "tiny-random", "image_size": 64,
                                                "use_perp_neg": perp})
         rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
-        out = g(rgb, cond, elevation=ele, azimuth=azi)
+        c2w = c2w_from_spherical(deg2rad(ele), deg2rad(azi), torch.full((2,), 2.0))
+        out = g(rgb, cond, Cameras.from_c2w(c2w))
         out["loss_sds"].backward()
         assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0

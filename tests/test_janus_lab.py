@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from threestudio_like.janus import modes as M
+from threestudio_like.reference import modes as M
 from threestudio_like.janus.lab import LAB_SETTINGS, TurntableLab, lab_markdown, run_lab_benchmark, turntable_views
 from threestudio_like.janus.measures import count_arcs, janus_measures
 from threestudio_like.janus.stats import wilson_interval

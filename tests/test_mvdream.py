@@ -10,20 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from threestudio_like.cameras import c2w_from_spherical, deg2rad
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad
 from threestudio_like.cli import main
+from threestudio_like.errors import MissingWeightsError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.latent_diffusion import tiny_unet
 from threestudio_like.guidance.mvdream import (
-    TINY_MVDREAM_UNET,
+    MVDREAM_WEIGHTS,
     MultiViewAttnProcessor,
-    convert_mvdream,
     install_multiview_attention,
-    load_mvdream_networks,
     mvdream_camera,
 )
-from threestudio_like.guidance.weights import MissingWeightsError, rerandomize_parameters, resolve_weights
-from threestudio_like.prompt.stable_diffusion import load_text_encoder
+from threestudio_like.models.architectures import TINY_MVDREAM_UNET
+from threestudio_like.models.builders import tiny_unet
+from threestudio_like.models.loader import convert_checkpoint, load_model
+from threestudio_like.models.tiny import rerandomize_parameters
+from threestudio_like.prompt.stable_diffusion import PromptEmbeddings, load_text_encoder
+from threestudio_like.sampling.run import sample_settings
 
 from ldm_fixtures import mvdream_ldm_checkpoint
 
@@ -95,6 +97,11 @@ def _unet_inputs(batch, seed=0):
     az = torch.arange(batch, dtype=torch.float32) * 90.0
     cam = mvdream_camera(c2w_from_spherical(deg2rad(torch.full_like(az, 15.0)), deg2rad(az), torch.full_like(az, 2.0)))
     return x, t, ctx, cam
+
+
+def load_mvdream_networks(name, **options):
+    parts = load_model(MVDREAM_WEIGHTS, name, **options)
+    return parts["unet"], parts["vae"]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +185,7 @@ def test_converter_round_trip(tmp_path):
     ckpt = tmp_path / "sd-v2.1-base-4view.pt"
     torch.save(mvdream_ldm_checkpoint(), ckpt)
     out = tmp_path / "converted"
-    convert_mvdream(str(ckpt), str(out), tokenizer="tiny-random", num_head_channels=8)
+    convert_checkpoint("mvdream", str(ckpt), str(out), tokenizer="tiny-random", num_head_channels=8)
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert os.path.isdir(out / sub), sub
     assert glob.glob(str(out / "unet" / "*.safetensors"))
@@ -200,8 +207,8 @@ def test_converter_round_trip(tmp_path):
     assert torch.allclose(va, vb, atol=1e-5) and torch.allclose(da, db, atol=1e-5) and da.std() > 0.05
 
     ids = torch.randint(0, 514, (1, 77))
-    mem_text = load_text_encoder(resolve_weights(str(ckpt)), 514).eval()
-    disk_text = load_text_encoder(resolve_weights(str(out), subfolders=("text_encoder",)), 514).eval()
+    mem_text = load_text_encoder(str(ckpt), 514).eval()
+    disk_text = load_text_encoder(str(out), 514).eval()
     with torch.no_grad():
         assert torch.equal(mem_text(input_ids=ids)[0], disk_text(input_ids=ids)[0])
 
@@ -211,9 +218,8 @@ def test_converter_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------ guidance
-class _Cond:
-    def get_text_embeddings(self, batch, device=None, dtype=None):
-        return torch.zeros(2 * batch, 77, 32, device=device, dtype=dtype)
+def _Cond():
+    return PromptEmbeddings("", "", torch.zeros(77, 32), torch.zeros(77, 32))
 
 
 def _guidance(**cfg):
@@ -238,7 +244,7 @@ def test_reconstruction_loss_gradient(rescale):
     g.encode_images = lambda rgb: latents  # score the latents directly
     c2w = c2w_from_spherical(torch.zeros(8), torch.arange(8.0), torch.full((8,), 2.0))
     torch.manual_seed(1)
-    out = g(torch.zeros(8, 4, 4, 3), _Cond(), c2w=c2w, n_views=4)
+    out = g(torch.zeros(8, 4, 4, 3), _Cond(), Cameras.from_c2w(c2w, n_views=4))
     out["loss_sds"].backward()
     (t, camera, n_view), = seen
     assert n_view == 4 and (t == t[0]).all()  # one timestep for the batch
@@ -262,14 +268,14 @@ def test_reconstruction_loss_gradient(rescale):
 
 
 def test_plain_sds_branch_and_view_checks():
-    g = _guidance(recon_loss=False, guidance_scale=5.0)
+    g = _guidance(update_rule="sds", guidance_scale=5.0)
     seen = []
     _stub_predict(g, seen)
     latents = torch.randn(4, 4, 8, 8, requires_grad=True)
     g.encode_images = lambda rgb: latents
     c2w = c2w_from_spherical(torch.zeros(4), torch.arange(4.0), torch.full((4,), 2.0))
     torch.manual_seed(2)
-    g(torch.zeros(4, 4, 4, 3), _Cond(), c2w=c2w, n_views=4)["loss_sds"].backward()
+    g(torch.zeros(4, 4, 4, 3), _Cond(), Cameras.from_c2w(c2w, n_views=4))["loss_sds"].backward()
     torch.manual_seed(2)
     t = D.sample_timesteps(4, g.min_step, g.max_step, True)
     noise = torch.randn_like(latents)
@@ -280,9 +286,9 @@ def test_plain_sds_branch_and_view_checks():
     from threestudio_like.config import ConfigError
 
     with pytest.raises(ConfigError, match="n_view=4"):
-        g(torch.zeros(4, 4, 4, 3), _Cond(), c2w=c2w, n_views=1)
+        g(torch.zeros(4, 4, 4, 3), _Cond(), Cameras.from_c2w(c2w, n_views=1))
     with pytest.raises(ConfigError, match="multiple"):
-        g(torch.zeros(6, 4, 4, 3), _Cond(), c2w=c2w[:1].expand(6, 4, 4), n_views=4)
+        g(torch.zeros(6, 4, 4, 3), _Cond(), Cameras.from_c2w(c2w[:1].expand(6, 4, 4), n_views=4))
 
 
 def test_guidance_end_to_end_gradient_and_sampler():
@@ -291,11 +297,11 @@ def test_guidance_end_to_end_gradient_and_sampler():
     assert (g.min_step, g.max_step) == (20, 500)
     rgb = torch.rand(4, 16, 16, 3, requires_grad=True)
     c2w = c2w_from_spherical(torch.zeros(4), torch.arange(4.0) * math.pi / 2, torch.full((4,), 2.0))
-    out = g(rgb, _Cond(), c2w=c2w, n_views=4)
+    out = g(rgb, _Cond(), Cameras.from_c2w(c2w, n_views=4))
     out["loss_sds"].backward()
     assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
     assert 20 <= out["timestep"] <= 500
-    images = g.sample(_Cond(), torch.Generator().manual_seed(0), num_inference_steps=3)
+    images = g.sample(_Cond(), sample_settings({"steps": 3}, g.sample_defaults), torch.Generator().manual_seed(0))
     assert images.shape == (4, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
 
 
@@ -340,7 +346,7 @@ def test_sample_writes_a_1x4_grid(tmp_path):
     import imageio.v2 as imageio
 
     args = ["--config", "mvdream-sd21.yaml", "--sample", "prompt=a corgi", f"exp_root_dir={tmp_path}",
-            f"system.prompt_processor.cache_dir={tmp_path}/cache", "system.guidance.sample_steps=2",
+            f"system.prompt_processor.cache_dir={tmp_path}/cache", "sample.steps=2",
             "system.guidance.pretrained_model_name_or_path=tiny-random", "system.guidance.image_size=64"]
     assert main(args) == 0
     grid, = glob.glob(str(tmp_path / "mvdream-sd21" / "*" / "save" / "sample-seed0.png"))

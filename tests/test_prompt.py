@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like import find
-from threestudio_like.guidance.latent_diffusion import text_encoder_from_open_clip
-from threestudio_like.guidance.weights import MissingWeightsError, WeightsSource
+from threestudio_like.errors import MissingWeightsError
+from threestudio_like.models.builders import text_encoder_from_open_clip
+from threestudio_like.models.hub import WeightsSource
 from threestudio_like.prompt import stable_diffusion as SDP
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from threestudio_like.cameras import Cameras
+
 from threestudio_like.data.random_camera import make_batch
 from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
-from threestudio_like.guidance.reference_object import ReferenceObjectGeometry, ReferenceObjectGuidance
+from threestudio_like.guidance.reference_object import ReferenceObjectGuidance
+from threestudio_like.reference.object import ReferenceObjectGeometry
 
 
 def _camera(azimuth_deg, res=32, elevation_deg=10.0):
@@ -37,11 +40,11 @@ def test_sds_vanishes_at_the_reference_and_points_to_it_elsewhere():
     cam = _camera(30)
     ref = g.render_reference(cam["c2w"], cam["fovy"], 32, 32)
     rgb = ref.clone().requires_grad_(True)
-    out = g(rgb, None, **cam)
+    out = g(rgb, None, Cameras.from_batch(cam))
     out["loss_sds"].backward()
     assert rgb.grad.abs().max() < 1e-5
     wrong = torch.full_like(ref, 0.5).requires_grad_(True)
-    g(wrong, None, **cam)["loss_sds"].backward()
+    g(wrong, None, Cameras.from_batch(cam))["loss_sds"].backward()
     # the exact denoiser's SDS gradient points straight from the render to the reference
     direction = torch.nn.functional.cosine_similarity(
         -wrong.grad.flatten(), (ref - wrong.detach()).flatten(), dim=0
@@ -73,7 +76,7 @@ def _cameras(azimuths, elevation=20.0, distance=2.0, fovy=45.0, res=16):
 def test_candidates_per_mode():
     import math
 
-    from threestudio_like.janus import modes as M
+    from threestudio_like.reference import modes as M
 
     c2w, fovy = _cameras([10.0, 100.0, 170.0, -60.0])
     # unconditioned: every bank view, front-biased von Mises weights, the query azimuth ignored
@@ -144,7 +147,7 @@ def test_bank_zoom_matches_a_closer_camera():
 
 
 def test_procedural_relatives_differ_from_the_reference():
-    from threestudio_like.guidance.reference_object import variant_parts
+    from threestudio_like.reference.object import variant_parts
 
     ref = ReferenceObjectGeometry({})
     assert ref.yaw_deg == 0.0 and ref.primitives == variant_parts(0)[0]

@@ -13,13 +13,15 @@ import torch
 import trimesh
 
 from threestudio_like import find
+from threestudio_like.cameras import Cameras
 from conftest import known_answer_ious
 from threestudio_like.cli import main
 from threestudio_like.config import load_config
 from threestudio_like.data.random_camera import make_batch
 from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.reference_object import ReferenceObjectGeometry, ReferenceObjectGuidance
+from threestudio_like.guidance.reference_object import ReferenceObjectGuidance
+from threestudio_like.reference.object import ReferenceObjectGeometry
 from threestudio_like.systems import losses as L
 
 AC = D.scaled_linear_alphas_cumprod().float()
@@ -124,10 +126,10 @@ def test_reference_prior_sjc_points_to_the_reference():
     cam = make_batch(t([10.0]), t([30.0]), t([2.0]), t([45.0]), 16, 16)
     ref = g.render_reference(cam["c2w"], cam["fovy"], 16, 16)
     rgb = ref.clone().requires_grad_(True)
-    g(rgb, None, **cam)["loss_sjc"].backward()
+    g(rgb, None, Cameras.from_batch(cam))["loss_sjc"].backward()
     assert rgb.grad.abs().max() < 1e-5  # D = the reference: no update at the answer
     wrong = torch.full_like(ref, 0.5).requires_grad_(True)
-    out = g(wrong, None, **cam)
+    out = g(wrong, None, Cameras.from_batch(cam))
     out["loss_sjc"].backward()
     cos = torch.nn.functional.cosine_similarity(-wrong.grad.flatten(), (ref - wrong.detach()).flatten(), dim=0)
     assert cos > 0.99 and "sigma" in out

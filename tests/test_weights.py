@@ -8,13 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from threestudio_like.guidance.weights import (
-    MissingWeightsError,
-    UnsafeCheckpointError,
-    load_state_dict_file,
-    rerandomize_parameters,
-    resolve_weights,
-)
+import threestudio_like.guidance.mvdream  # noqa: F401  (registers MVDream/MVDream as one checkpoint file)
+from threestudio_like.errors import MissingWeightsError, UnsafeCheckpointError
+from threestudio_like.models.checkpoints import load_state_dict_file
+from threestudio_like.models.hub import resolve_weights
+from threestudio_like.models.tiny import rerandomize_parameters
 
 
 @pytest.fixture

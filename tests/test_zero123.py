@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,19 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from threestudio_like import find
-from threestudio_like.cameras import c2w_from_spherical, deg2rad, spherical_to_position
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad, spherical_to_position
 from threestudio_like.cli import main
+from threestudio_like.errors import MissingWeightsError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.weights import MissingWeightsError
 from threestudio_like.guidance.zero123 import (
     CLIP_MEAN,
     CLIP_STD,
+    ZERO123_WEIGHTS,
     clip_preprocess,
-    convert_zero123,
-    load_zero123_networks,
     zero123_camera,
     zero123_camera_from_deltas,
 )
+from threestudio_like.models.loader import convert_checkpoint, load_model
+from threestudio_like.sampling.run import sample_settings
 
 from ldm_fixtures import kl_vae_shapes, mvdream_unet_shapes, random_tensors
 
@@ -110,7 +112,7 @@ def test_condition_latent_unscaled_and_uncond_branch_is_zeros(guidance, monkeypa
     seen = {}
     real_unet = g.unet
 
-    def recording_unet(x_in, t, encoder_hidden_states):
+    def recording_unet(x_in, t, encoder_hidden_states, **kwargs):
         seen.update(x_in=x_in.clone(), t=t.clone(), context=encoder_hidden_states.clone())
         return real_unet(x_in, t, encoder_hidden_states=encoder_hidden_states)
 
@@ -118,14 +120,15 @@ def test_condition_latent_unscaled_and_uncond_branch_is_zeros(guidance, monkeypa
     c2w = c2w_from_spherical(deg2rad(torch.tensor([10.0, 30.0])), deg2rad(torch.tensor([45.0, -90.0])), torch.full((2,), 2.0))
     camera = g.camera_tokens(c2w, cond)
     x_t = torch.randn(2, 4, 8, 8)
-    eps = g.guided_noise_fn(cond, camera, 7.5)(x_t, torch.tensor([300, 300]))
+    eps, _ = g.guided_noise_fn(cond, camera, 7.5)(x_t, torch.tensor([300, 300]))
     x_in, context = seen["x_in"], seen["context"]
     assert x_in.shape == (4, 8, 8, 8)
+    # one batched call, conditional branch first (the convention of every prior)
     assert torch.equal(x_in[:2, :4], x_t) and torch.equal(x_in[2:, :4], x_t)  # noisy latent first
-    assert (x_in[:2, 4:] == 0).all() and torch.allclose(x_in[2:, 4:], cond.image_latent.expand(2, -1, -1, -1))
+    assert (x_in[2:, 4:] == 0).all() and torch.allclose(x_in[:2, 4:], cond.image_latent.expand(2, -1, -1, -1))
     projected = g.projection.proj(torch.cat([cond.clip_embedding.expand(2, -1, -1), camera[:, None]], -1))
-    assert (context[:2] == 0).all() and torch.allclose(context[2:], projected, atol=1e-6)  # zeros after projection
-    eps_u, eps_c = real_unet(x_in, seen["t"], encoder_hidden_states=context).sample.chunk(2)
+    assert (context[2:] == 0).all() and torch.allclose(context[:2], projected, atol=1e-6)  # zeros after projection
+    eps_c, eps_u = real_unet(x_in, seen["t"], encoder_hidden_states=context).sample.chunk(2)
     assert torch.allclose(eps, eps_u + 7.5 * (eps_c - eps_u), atol=1e-5)
 
 
@@ -140,7 +143,7 @@ def test_update_rules_through_the_guidance(rule, monkeypatch):
     monkeypatch.setattr(g, "encode_images", lambda rgb: latents)
     c2w = c2w_from_spherical(torch.zeros(2), torch.tensor([0.5, 1.5]), torch.full((2,), 2.0))
     torch.manual_seed(4)
-    out = g(torch.zeros(2, 8, 8, 3), cond, c2w=c2w)
+    out = g(torch.zeros(2, 8, 8, 3), cond, Cameras.from_c2w(c2w))
     out[f"loss_{rule}"].backward()
     eps_fn = lambda x: -0.2 * x + 100.0 * (0.5 * x + 0.1)  # noqa: E731  eps_u + s (eps_c - eps_u)
     torch.manual_seed(4)
@@ -164,13 +167,13 @@ def test_guidance_end_to_end_and_sampler(guidance):
     cond = _condition(g)
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
     c2w = c2w_from_spherical(torch.zeros(2), torch.tensor([0.5, 2.0]), torch.full((2,), 2.0))
-    out = g(rgb, cond, c2w=c2w)
+    out = g(rgb, cond, Cameras.from_c2w(c2w))
     out["loss_sds"].backward()
     assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
     latent_render = torch.rand(1, 8, 8, 4, requires_grad=True)  # 3drec: latents rendered directly
-    g(latent_render, cond, c2w=c2w[:1], rgb_as_latents=True)["loss_sds"].backward()
+    g(latent_render, cond, Cameras.from_c2w(c2w[:1]), rgb_as_latents=True)["loss_sds"].backward()
     assert latent_render.grad.abs().sum() > 0
-    images = g.sample(cond, torch.Generator().manual_seed(0), num_inference_steps=2)
+    images = g.sample(cond, sample_settings({"steps": 2}, g.sample_defaults), torch.Generator().manual_seed(0))
     assert images.shape == (5, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
     assert torch.allclose(images[0], cond.image[0])  # the input comes first in the grid
     assert g.white_latents(4).shape == (1, 4, 4, 4)
@@ -256,6 +259,10 @@ def _outputs(nets, seed=0):
     return emb, ctx, lat, eps
 
 
+def load_zero123_networks(name, **options):
+    return SimpleNamespace(**load_model(ZERO123_WEIGHTS, name, **options))
+
+
 def test_ldm_checkpoint_ema_clip_and_both_diffusers_layouts(tmp_path):
     sd, ema = zero123_ldm_checkpoint()
     ckpt = tmp_path / "105000.ckpt"
@@ -280,7 +287,7 @@ def test_ldm_checkpoint_ema_clip_and_both_diffusers_layouts(tmp_path):
     kxic = tmp_path / "kxic"
     assert main(["--convert", "zero123", str(ckpt), str(tmp_path / "cli")]) == 0  # the command line (8 heads)
     assert (tmp_path / "cli" / "cc_projection" / "diffusion_pytorch_model.safetensors").is_file()
-    convert_zero123(str(ckpt), str(kxic), num_heads=2)
+    convert_checkpoint("zero123", str(ckpt), str(kxic), num_heads=2)
     assert json.loads((kxic / "model_index.json").read_text())["cc_projection"][1] == "CCProjection"
     benny = tmp_path / "benny"
     shutil.copytree(kxic, benny)
@@ -384,7 +391,7 @@ def test_sample_writes_the_input_and_novel_views(tmp_path):
 
     args = ["--config", "zero123-sjc.yaml", "--sample", f"image={_image(tmp_path)}", f"exp_root_dir={tmp_path}",
             "system.guidance.pretrained_model_name_or_path=tiny-random", "system.guidance.image_size=64",
-            "system.guidance.sample_steps=2", "system.guidance.sample_views=[[0,90],[20,180]]"]
+            "sample.steps=2", "sample.views=[[0,90],[20,180]]"]
     assert main(args) == 0
     (grid,) = glob.glob(str(tmp_path / "zero123-sjc" / "*" / "save" / "sample-seed0.png"))
     assert imageio.imread(grid).shape == (64, 3 * 64, 3)

@@ -12,7 +12,8 @@ Models with other conventions convert from this one inside their guidance module
 from __future__ import annotations
 
 import math
-from typing import Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -135,3 +136,53 @@ def mvp_matrix(c2w: Tensor, proj: Tensor) -> Tensor:
 
 def deg2rad(x: Union[float, Tensor]) -> Union[float, Tensor]:
     return x * math.pi / 180.0
+
+
+# ------------------------------------------------------------------------------------------
+# the cameras handed to a guidance
+
+
+@dataclass
+class Cameras:
+    """A batch of cameras in this convention, as every guidance receives them.
+
+    Systems build it from a data batch (:meth:`from_batch`), tests and samplers from matrices
+    (:meth:`from_c2w`); a guidance never reads loose batch keys, so a missing camera is an error,
+    not a silently disabled feature.
+    """
+
+    c2w: Tensor
+    """``[B, 4, 4]`` camera-to-world matrices."""
+    elevation: Tensor
+    """``[B]`` degrees above the horizon."""
+    azimuth: Tensor
+    """``[B]`` degrees, 0 = +x = the object's front."""
+    distance: Tensor
+    """``[B]`` distance from the origin."""
+    fovy: Optional[Tensor] = None
+    """``[B]`` vertical field of view in degrees (None where the caller has none)."""
+    n_views: int = 1
+    """Views per object; the batch holds groups of ``n_views`` consecutive views."""
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @classmethod
+    def from_c2w(cls, c2w: Tensor, fovy: Optional[Tensor] = None, n_views: int = 1) -> "Cameras":
+        """Cameras whose angles and distances are read off their positions."""
+        c2w = c2w.reshape(-1, 4, 4)
+        polar, azimuth, radius = spherical_coordinates(c2w[:, :3, 3].float())
+        return cls(c2w, 90.0 - torch.rad2deg(polar), torch.rad2deg(azimuth), radius, fovy, n_views)
+
+    @classmethod
+    def from_batch(cls, batch: Mapping[str, Any]) -> "Cameras":
+        """The cameras of a data batch (``c2w``, ``elevation``, ``azimuth``, ``camera_distances``,
+        ``fovy``, ``n_views``), with angles in degrees as the data modules give them."""
+        missing = [k for k in ("c2w", "elevation", "azimuth", "camera_distances") if k not in batch]
+        if missing:
+            raise KeyError(f"The data batch has no {', '.join(missing)}: use a data module of this package "
+                           f"(random-camera-datamodule or single-image-datamodule).")
+        n_views = batch.get("n_views", 1)
+        n_views = int(n_views.reshape(-1)[0]) if torch.is_tensor(n_views) else int(n_views or 1)
+        return cls(batch["c2w"], batch["elevation"], batch["azimuth"], batch["camera_distances"],
+                   batch.get("fovy"), n_views)

@@ -193,7 +193,7 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
     checkpoint = os.path.join(trial, "ckpts", "last.ckpt")
     try:
         if mode == "sample":
-            from threestudio_like.sampling import run_sample
+            from threestudio_like.sampling.run import run_sample
 
             path = run_sample(cfg, status=status)
             print(f"Samples written: {path}")

@@ -1,27 +1,29 @@
 """Configuration: YAML + command-line overrides -> validated, structured configs.
 
-* ``load_config`` reads a recipe (a path, or a bare file name found in ``configs/``), merges
-  ``key=value`` overrides (with the short aliases ``prompt=`` and ``image=``), checks every key
-  against the dataclass ``Config`` of the part it configures (unknown keys fail at once and name
-  the closest valid key) and derives the trial directory.
+* ``load_config`` reads a recipe (a path, or a bare file name found in ``configs/``), imports the
+  files its ``plugins:`` list names, merges ``key=value`` overrides (with the short aliases
+  ``prompt=``, ``image=`` and ``references=``), checks every key against the dataclass ``Config``
+  of the part it configures (unknown keys fail at once and name the closest valid key), then every
+  value: types, the allowed words of ``Literal`` fields and each config's own ``validate`` — all
+  before any work — and derives the trial directory.
 * ``schedule_value`` evaluates a scheduled hyper-parameter: a number, or
   ``[start_step, start_value, end_value, end_step]`` (linear in between, constant outside).
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
-from threestudio_like.errors import ConfigError, did_you_mean
+from threestudio_like.errors import ConfigError, FieldError, did_you_mean
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Recipes ship beside the package in a source checkout; an installed copy also looks in the CWD.
@@ -74,8 +76,7 @@ def _field_names(cls: type) -> List[str]:
 
 
 def unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], list(valid), n=1, cutoff=0.5)
-    hint = f" Did you mean '{_join(where, close[0])}'?" if close else ""
+    hint = did_you_mean(key.split(".")[-1], valid, cutoff=0.5, prefix=_join(where, ""))
     return ConfigError(
         f"Unknown config key '{_join(where, key)}'.{hint} "
         f"Valid keys here: {', '.join(sorted(valid))}."
@@ -95,6 +96,17 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def plain_dict(config: Any) -> Dict[str, Any]:
+    """A config mapping (DictConfig or dict) as a plain, resolved ``dict``; ``None`` -> ``{}``."""
+    if config is None:
+        return {}
+    if isinstance(config, DictConfig):
+        return dict(OmegaConf.to_container(config, resolve=True))  # type: ignore[arg-type]
+    if not isinstance(config, typing.Mapping):
+        raise ConfigError(f"Expected a mapping, got {type(config).__name__}.")
+    return dict(config)
+
+
 def _to_container(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=False)
@@ -108,11 +120,7 @@ def check_keys(cls: type, cfg: Any, where: str = "") -> None:
     ``foo`` with a sibling ``foo_type`` naming a registered part is checked against that part's
     ``Config``, so one call validates a whole experiment before any work starts.
     """
-    from threestudio_like import find
-
-    cfg = _to_container(cfg) or {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"Config '{where or '<root>'}' must be a mapping, got {type(cfg).__name__}.")
+    cfg = _as_mapping(cfg, where)
     names = _field_names(cls)
     types = _field_types(cls)
     for key, value in cfg.items():
@@ -121,22 +129,74 @@ def check_keys(cls: type, cfg: Any, where: str = "") -> None:
         ftype = types[key]
         if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
             check_keys(ftype, value, _join(where, key))
-        elif f"{key}_type" in names and isinstance(value, dict):
-            part = cfg.get(f"{key}_type", _default_of(cls, f"{key}_type"))
-            if part:
-                try:
-                    part_cls = find(part)
-                except KeyError as exc:
-                    raise ConfigError(f"{_join(where, key + '_type')}: {exc.args[0]}") from None
-                check_keys(part_cls.Config, value, _join(where, key))
+    for key, part_cls, value in _parts(cls, cfg, where):
+        check_keys(part_cls.Config, value, _join(where, key))
+
+
+def _as_mapping(cfg: Any, where: str) -> Dict[Any, Any]:
+    cfg = _to_container(cfg)
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"Config '{where or '<root>'}' must be a mapping, got {type(cfg).__name__}.")
+    return cfg
+
+
+def _parts(cls: type, cfg: Dict[Any, Any], where: str) -> Iterator[Tuple[str, type, Any]]:
+    """``(key, part class, part config)`` of every ``<part>_type`` + ``<part>`` pair of ``cfg``.
+
+    Only ``<part>_type`` keys with a sibling ``<part>`` field name registered parts
+    (``normal_type: analytic`` is a plain option); an unknown part name is a config error.
+    """
+    from threestudio_like import find
+
+    names = _field_names(cls)
     for key in names:
-        # Only ``<part>_type`` keys with a sibling ``<part>`` config name registered parts
-        # (``normal_type: analytic`` is a plain option).
-        if key.endswith("_type") and key[: -len("_type")] in names and key in cfg and cfg[key]:
-            try:
-                find(cfg[key])
-            except KeyError as exc:
-                raise ConfigError(f"{_join(where, key)}: {exc.args[0]}") from None
+        if not (key.endswith("_type") and key[: -len("_type")] in names):
+            continue
+        part = cfg.get(key, _default_of(cls, key))
+        if not part:
+            continue
+        try:
+            part_cls = find(part)
+        except KeyError as exc:
+            raise ConfigError(f"{_join(where, key)}: {exc.args[0]}") from None
+        value = cfg.get(key[: -len("_type")])
+        yield key[: -len("_type")], part_cls, value if isinstance(value, dict) else {}
+
+
+def check_values(cls: type, cfg: Any, where: str = "") -> None:
+    """Check the values of a resolved config: types, ``Literal`` choices and every ``validate``
+    of ``cls`` and, recursively, of the parts it names (see :func:`parse_structured`)."""
+    cfg = _as_mapping(cfg, where)
+    parse_structured(cls, cfg, where)
+    for key, part_cls, value in _parts(cls, cfg, where):
+        check_values(part_cls.Config, value, _join(where, key))
+
+
+def _literal_choices(ftype: Any) -> Optional[Tuple[Any, ...]]:
+    """The allowed values of a ``Literal[...]`` (or ``Optional[Literal[...]]``) type, else None."""
+    if typing.get_origin(ftype) is typing.Literal:
+        return typing.get_args(ftype)
+    if typing.get_origin(ftype) is Union:
+        for arg in typing.get_args(ftype):
+            if typing.get_origin(arg) is typing.Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def _value_error(cls: type, cfg: Dict[Any, Any], exc: ValidationError, where: str) -> ConfigError:
+    """One clear message for a value OmegaConf rejected: the full key, the value and what fits."""
+    key = str(getattr(exc, "full_key", "") or "")
+    top = key.split(".")[0].split("[")[0]
+    value = cfg.get(top) if top else None
+    choices = _literal_choices(_field_types(cls).get(top)) if top else None
+    if choices is not None and key == top:
+        words = [str(c) for c in choices]
+        return ConfigError(f"{_join(where, key)}: '{value}' is not one of {', '.join(words)}."
+                           f"{did_you_mean(str(value), words, cutoff=0.5)}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"{_join(where, key) if key else where or cls.__qualname__}: {first}")
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -149,15 +209,29 @@ def _default_of(cls: type, name: str) -> Any:
     return None
 
 
-def parse_structured(cls: type, cfg: Optional[Union[dict, DictConfig]] = None) -> Any:
-    """Build a typed, attribute-access config of dataclass ``cls`` from ``cfg``."""
+def parse_structured(cls: type, cfg: Optional[Union[dict, DictConfig]] = None, where: str = "") -> Any:
+    """Build a typed, attribute-access config of dataclass ``cls`` from ``cfg``.
+
+    Unknown keys, values of the wrong type and words outside a ``Literal`` field's choices raise
+    :class:`ConfigError` naming the key (prefixed by ``where``); then every ``validate`` method
+    the dataclass and its bases define runs on the result (a :class:`FieldError` names its field).
+    """
     cfg = {} if cfg is None else cfg
-    check_keys(cls, cfg)
+    check_keys(cls, cfg, where)
     schema = OmegaConf.structured(cls)
     try:
         merged = OmegaConf.merge(schema, cfg)
-    except Exception as exc:  # omegaconf validation errors: wrong types
-        raise ConfigError(f"Invalid value in {cls.__qualname__}: {exc}") from None
+    except ValidationError as exc:
+        raise _value_error(cls, _as_mapping(cfg, where), exc, where) from None
+    except Exception as exc:  # other omegaconf errors
+        raise ConfigError(f"Invalid value in {where or cls.__qualname__}: {exc}") from None
+    for klass in reversed(cls.__mro__):
+        validate = klass.__dict__.get("validate")
+        if validate is not None:
+            try:
+                validate(merged)
+            except FieldError as exc:
+                raise ConfigError(f"{_join(where, exc.field)} {exc.problem}.") from None
     return merged
 
 
@@ -209,6 +283,33 @@ class CheckpointConfig:
 
 
 @dataclass
+class SampleConfig:
+    """``--sample`` settings: images straight from the prior. Unset (null) values take the
+    prior's own defaults (its upstream demo's)."""
+
+    steps: Optional[int] = None
+    """DDIM steps (priors: 50)."""
+    guidance_scale: Optional[float] = None
+    """Classifier-free guidance scale (MVDream 10, Zero-1-to-3 and EscherNet 3)."""
+    eta: Optional[float] = None
+    """DDIM eta (Zero-1-to-3's demo 1.0, others 0)."""
+    views: Optional[List[List[float]]] = None
+    """Image priors: [delta elevation, delta azimuth] in degrees from the (first) input view, per view."""
+    elevation_deg: Optional[float] = None
+    """Text multi-view priors: elevation of the generated views (MVDream 15)."""
+    azimuth_start_deg: Optional[float] = None
+    """Text multi-view priors: azimuth of the first view (0 = the object's front)."""
+    prompt_suffix: Optional[str] = None
+    """Text priors: appended to the prompt (MVDream: ", 3d asset")."""
+    negative_prompt: Optional[str] = None
+    """Text priors: negative prompt while sampling (null: the recipe's own)."""
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise FieldError("steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     """Experiment name: first level below ``exp_root_dir``."""
@@ -230,6 +331,11 @@ class ExperimentConfig:
     trainer: dict = field(default_factory=dict)
     """Lightning ``Trainer`` arguments (max_steps, val_check_interval, ...)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Settings of ``--sample``."""
+    plugins: List[str] = field(default_factory=list)
+    """Python files with extra parts (a prior, a system ...) imported before the config is checked;
+    relative paths are relative to the config file."""
 
 
 def find_config_file(name: str) -> Path:
@@ -242,8 +348,7 @@ def find_config_file(name: str) -> Path:
         if cand.is_file():
             return cand
     known = sorted({p.name for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    close = difflib.get_close_matches(path.name, known, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(path.name, known)
     raise ConfigError(
         f"Config file '{name}' not found (looked at the path and in configs/).{hint} "
         f"Available recipes: {', '.join(known) or 'none'}."
@@ -295,6 +400,7 @@ def load_config(
     """Load, override, validate and resolve an experiment config."""
     path = find_config_file(config)
     raw = OmegaConf.load(path)
+    _load_plugins(raw, path)
     overrides = _expand_aliases(cli_args, raw)
     try:
         cli = OmegaConf.from_dotlist(overrides)
@@ -313,11 +419,35 @@ def load_config(
         resolved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged), resolve=True)
     except Exception as exc:
         raise ConfigError(f"Could not resolve config {path}: {exc}") from None
+    check_values(ExperimentConfig, resolved)
     cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), _escape_strings(resolved))
     _derive_trial_dir(cfg)
     if make_trial_dir:
         os.makedirs(cfg.trial_dir, exist_ok=True)
     return cfg
+
+
+def _load_plugins(raw: DictConfig, path: Path) -> None:
+    """Import the files of the config's ``plugins:`` list (paths made absolute in ``raw``)."""
+    from threestudio_like import load_plugin_file
+
+    plugins = raw.get("plugins") if isinstance(raw, DictConfig) else None
+    if not plugins:
+        return
+    if not isinstance(plugins, ListConfig):
+        raise ConfigError(f"plugins: a list of Python files, got {plugins!r}.")
+    absolute = []
+    for entry in plugins:
+        file = Path(os.path.expanduser(str(entry)))
+        file = file if file.is_absolute() else (path.parent / file)
+        if not file.is_file():
+            raise ConfigError(f"plugins: no such file {file} (paths are relative to {path}).")
+        try:
+            load_plugin_file(str(file))
+        except Exception as exc:
+            raise ConfigError(f"plugins: {file} failed to import: {type(exc).__name__}: {exc}") from None
+        absolute.append(str(file.resolve()))
+    raw.plugins = absolute
 
 
 def check_trainer_args(trainer: Any) -> None:

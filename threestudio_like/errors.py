@@ -51,6 +51,16 @@ class ConfigError(UserInputError, ValueError):
     """A config problem the user can fix; the message names the key and the fix."""
 
 
+class FieldError(ConfigError):
+    """A bad value of one field, raised by a config's ``validate``; the config loader adds the
+    part's path (``system.guidance.``) in front of ``field``."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {problem}")
+
+
 class ImageLoadError(ConfigError):
     """An input image (or mask) that is missing, unreadable or unusable."""
 

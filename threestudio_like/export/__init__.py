@@ -1,2 +1,1 @@
-"""Exporters: density field -> marching cubes -> coloured mesh files."""
-from threestudio_like.export import mesh_exporter  # noqa: F401  (registers exporters)
+"""Exporters: density field -> marching cubes -> coloured mesh files; found by the registry."""

@@ -1,21 +1,37 @@
-"""Base class of every guidance: timestep schedule, weighting and the SDS procedure.
+"""Base class of every guidance: the typed call, the timestep schedule and the update rules.
 
-A concrete guidance turns renders into the space its model works in (latents or pixels) and
-predicts the noise (with classifier-free guidance); everything else — sampling ``t``, adding
-noise, weighting, clipping, and the loss whose gradient is the update — happens here, through
+A guidance is called as ``guidance(rgb, condition, cameras, rgb_as_latents=False)``:
+
+* ``rgb`` ``[B, H, W, C]`` renders (or latent renders);
+* ``condition`` what the prior is conditioned on, of the type the prior declares in
+  ``condition_type`` (text embeddings from a prompt processor, an image condition made by
+  ``prepare_condition(images, c2w)``, or nothing);
+* ``cameras`` a :class:`~threestudio_like.cameras.Cameras` (never loose batch keys).
+
+A concrete guidance implements :meth:`BaseGuidance.guide`: it turns the renders into the space
+its model works in and hands a noise predictor to :meth:`BaseGuidance.distil`, which applies the
+configured update rule (``sds`` | ``x0`` | ``sjc``). Sampling ``t``, adding noise, weighting,
+clipping and the loss whose gradient is the update live in
 :mod:`threestudio_like.guidance.distillation`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from threestudio_like.base import BaseObject
+from threestudio_like.cameras import Cameras
 from threestudio_like.config import schedule_value
+from threestudio_like.errors import ConfigError, FieldError
 from threestudio_like.guidance import distillation as D
+
+UpdateRule = Literal["sds", "x0", "sjc"]
+Weighting = Literal["sds", "uniform", "fantasia3d"]
+NoisePredictor = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
+"""``predict(x_t, t) -> (eps_guided, eps_conditional)``, without grad."""
 
 
 class BaseGuidance(BaseObject):
@@ -27,15 +43,42 @@ class BaseGuidance(BaseObject):
         """Lowest timestep as a fraction of the schedule (may be a schedule)."""
         max_step_percent: Any = 0.98
         """Highest timestep as a fraction of the schedule (may be a schedule)."""
-        weighting_strategy: str = "sds"
-        """w(t): sds (1 - abar), uniform, fantasia3d."""
+        weighting_strategy: Weighting = "sds"
+        """w(t) of SDS: sds (1 - abar), uniform, fantasia3d."""
         grad_clip: Any = None
         """Clamp the per-element SDS gradient to +-value (may be a schedule); None: off."""
         shared_timestep: bool = False
         """Draw one timestep for the whole batch (multi-view priors) instead of one per view."""
         num_train_timesteps: int = 1000
+        """Length of the prior's diffusion schedule."""
+        update_rule: UpdateRule = "sds"
+        """sds (score distillation) | x0 (MVDream's x0-reconstruction loss) | sjc (Score Jacobian
+        Chaining with perturb-and-average scoring)."""
+        recon_std_rescale: float = 0.0
+        """x0: CFG rescale of the reconstructed x0 towards the conditional std (per view group); 0 disables."""
+        n_perturb: int = 1
+        """sjc: noise draws averaged per view."""
+        var_red: bool = True
+        """sjc: variance-reduced gradient (D - y) / sigma instead of (D - z) / sigma."""
+
+        def validate(self) -> None:
+            if self.n_perturb < 1:
+                raise FieldError("n_perturb", f"must be >= 1, got {self.n_perturb}")
+            if not 0.0 <= self.recon_std_rescale <= 1.0:
+                raise FieldError("recon_std_rescale", f"must be in [0, 1], got {self.recon_std_rescale}")
+            if self.num_train_timesteps < 2:
+                raise FieldError("num_train_timesteps", f"must be >= 2, got {self.num_train_timesteps}")
 
     cfg: Config
+    condition_type: ClassVar[Optional[type]] = None
+    """The condition the prior needs (None: it takes none and ignores what it is given)."""
+    condition_hint: ClassVar[str] = ""
+    """How to provide the condition, for the error when it is missing or of another type."""
+    conditioned_on_images: ClassVar[bool] = False
+    """True for image priors: systems and ``--sample`` call :meth:`prepare_condition`."""
+    sample_defaults: ClassVar[Optional[Dict[str, Any]]] = None
+    """``--sample`` settings of this prior where the recipe's ``sample:`` leaves them unset;
+    None: the prior has no sampler."""
 
     def configure(self) -> None:
         self.alphas_cumprod = D.scaled_linear_alphas_cumprod(self.cfg.num_train_timesteps).float()
@@ -50,6 +93,43 @@ class BaseGuidance(BaseObject):
         self.max_step = max(self.max_step, self.min_step)
         clip = self.cfg.grad_clip
         self.grad_clip_value = None if clip is None else schedule_value(clip, epoch, global_step)
+
+    # -- the call -----------------------------------------------------------------------------
+    def __call__(self, rgb: Tensor, condition: Any, cameras: Cameras, *, rgb_as_latents: bool = False) -> Dict[str, Tensor]:
+        """Loss terms (``loss_sds`` or ``loss_sjc``) and diagnostics for renders ``rgb``."""
+        if not isinstance(cameras, Cameras):
+            raise TypeError(f"{type(self).__name__} takes the cameras as threestudio_like.cameras.Cameras "
+                            f"(Cameras.from_batch(batch)), got {type(cameras).__name__}.")
+        expected = self.condition_type
+        if expected is not None and not isinstance(condition, expected):
+            raise ConfigError(f"{type(self).__name__} needs a {expected.__name__} condition, got "
+                              f"{type(condition).__name__}. {self.condition_hint}")
+        return self.guide(rgb, condition, cameras, rgb_as_latents=rgb_as_latents)
+
+    def guide(self, rgb: Tensor, condition: Any, cameras: Cameras, rgb_as_latents: bool = False) -> Dict[str, Tensor]:
+        """The prior's part of the call (inputs already checked)."""
+        raise NotImplementedError
+
+    def prepare_condition(self, images: Tensor, c2w: Tensor) -> Any:
+        """The condition of input images ``[N, H, W, 3]`` taken by cameras ``c2w`` (image priors)."""
+        raise ConfigError(f"{type(self).__name__} is not conditioned on images.")
+
+    # -- update rules -------------------------------------------------------------------------
+    def distil(self, latents: Tensor, predict: NoisePredictor, group: int = 1) -> Dict[str, Tensor]:
+        """The configured update rule on ``latents`` ``[B, ...]`` (requires grad).
+
+        ``predict(x_t, t)`` returns ``(guided eps, conditional eps)``; SJC calls it on
+        ``n_perturb * B`` rows stacked draw-major. ``group``: views per object (x0 rescale).
+        """
+        rule = self.cfg.update_rule
+        if rule == "sjc":
+            return D.sjc_update(
+                latents, lambda x_t, t: predict(x_t, t)[0], self.alphas_cumprod, self.min_step, self.max_step,
+                n_perturb=self.cfg.n_perturb, var_red=self.cfg.var_red, shared_timestep=self.cfg.shared_timestep,
+            )
+        if rule == "x0":
+            return self.x0_reconstruction(latents, predict, self.cfg.recon_std_rescale, group=group)
+        return self.sds(latents, lambda x_t, t: predict(x_t, t)[0])
 
     def sds(
         self,
@@ -81,7 +161,7 @@ class BaseGuidance(BaseObject):
     def x0_reconstruction(
         self,
         latents: Tensor,
-        predict_noise: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]],
+        predict_noise: NoisePredictor,
         std_rescale: float = 0.0,
         group: int = 1,
     ) -> Dict[str, Tensor]:

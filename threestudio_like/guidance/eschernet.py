@@ -25,15 +25,15 @@ cameras 1.5 to 2.2 from the object); ours are OpenGL camera-to-world (:mod:`thre
 so the conversion is one rigid inverse after scaling translations by ``scene_scale``
 (:func:`eschernet_w2c`). 6DoF CaPE is invariant to the choice of world frame, not to its scale.
 
-Weights: ``kxic/eschernet-6dof`` / ``kxic/eschernet-4dof`` (diffusers folders with ``unet/``,
-``vae/`` and ``image_encoder/``), a local copy of them, or ``tiny-random``.
+Weights (:data:`ESCHERNET_WEIGHTS`): ``kxic/eschernet-6dof`` / ``kxic/eschernet-4dof`` (diffusers
+folders with ``unet/``, ``vae/`` and ``image_encoder/``), a local copy of them, or ``tiny-random``.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Literal, Tuple, get_args
 
 import torch
 import torch.nn as nn
@@ -41,49 +41,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like import register
-from threestudio_like.cameras import c2w_from_spherical, deg2rad, spherical_coordinates
-from threestudio_like.config import ConfigError
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad, spherical_coordinates
+from threestudio_like.errors import ConfigError, FieldError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.latent_diffusion import (
-    LatentDiffusionGuidance,
-    load_diffusers_component,
-    move,
-    quiet_progress_bars,
-    seeded,
-    tiny_unet,
-    tiny_vae,
-)
+from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
 from threestudio_like.guidance.multiview_attention import (
     MultiViewAttnProcessor,
     check_view_groups,
     install_attention_processors,
 )
-from threestudio_like.guidance.weights import TINY_RANDOM, rerandomize_parameters, resolve_weights
-from threestudio_like.guidance.zero123 import ZERO123_UNET
+from threestudio_like.models.architectures import TINY_ESCHERNET_UNET
+from threestudio_like.models.builders import tiny_convnext, tiny_unet, tiny_vae
+from threestudio_like.models.loader import Part, WeightsRecipe, register_weights
 
 logger = logging.getLogger(__name__)
 
-# EscherNet's UNet is SD1.5's (ldm terms): Zero-1-to-3's without the image-latent input channels
-# (4 input channels, 8 heads, 768-d context tokens).
-ESCHERNET_UNET: Dict[str, Any] = {**ZERO123_UNET, "in_channels": 4}
-# ConvNeXtV2 at toy size: 224 px input, 4 stages with stride 32 overall -> 7x7 = 49 tokens.
-TINY_CONVNEXT: Dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "image_size": 224}
-TINY_ESCHERNET_UNET: Dict[str, Any] = {
-    **ESCHERNET_UNET,
-    "model_channels": 32,
-    "channel_mult": [1, 2, 2],
-    "num_res_blocks": 1,
-    "attention_levels": [True, True, False],
-    "num_heads": 2,
-    "context_dim": TINY_CONVNEXT["hidden_sizes"][-1],
-}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODER_SIZE = 224
 RADIUS_RANGE = (1.5, 2.2)
 """Camera distances of EscherNet's training renders (and the 4DoF radius normalisation)."""
-CAPE_TYPES = ("6dof", "4dof")
-DIFFUSERS_PARTS = ("unet", "vae", "image_encoder")
+CapeType = Literal["6dof", "4dof"]
+CAPE_TYPES = get_args(CapeType)
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,35 +204,19 @@ def reference_tokens(encoder: nn.Module, pixel_values: Tensor) -> Tensor:
     return encoder.layernorm(hidden.flatten(2).transpose(1, 2))
 
 
-def _tiny_encoder(seed: int = 0) -> nn.Module:
-    from transformers import ConvNextV2Config, ConvNextV2Model
-
-    with seeded(seed):
-        model = ConvNextV2Model(ConvNextV2Config(**TINY_CONVNEXT))
-    rerandomize_parameters(model, seed=seed)
-    return model
-
-
 # ------------------------------------------------------------------------------------------
-# loading
+# weights
 
 
-@dataclass
-class EscherNetNetworks:
-    unet: nn.Module
-    vae: nn.Module
-    image_encoder: nn.Module
-
-
-def check_eschernet_networks(networks: EscherNetNetworks, where: str) -> None:
+def check_eschernet_networks(parts: Dict[str, nn.Module], where: str) -> None:
     """Clear errors when the weights are not EscherNet's (4 input channels, ConvNeXt-width context)."""
-    unet = networks.unet
+    unet = parts["unet"]
     if unet.config.in_channels != 4:
         raise ConfigError(
             f"{where} is not an EscherNet UNet: it has {unet.config.in_channels} input channels, not 4 "
             f"(an 8-channel UNet is Zero-1-to-3's: use zero123-guidance)."
         )
-    width = networks.image_encoder.config.hidden_sizes[-1]
+    width = parts["image_encoder"].config.hidden_sizes[-1]
     if unet.config.cross_attention_dim != width:
         raise ConfigError(
             f"{where}: the image encoder's tokens are {width}-d but the UNet attends to "
@@ -261,35 +224,18 @@ def check_eschernet_networks(networks: EscherNetNetworks, where: str) -> None:
         )
 
 
-def load_eschernet_networks(
-    name_or_path: str, dtype: torch.dtype = torch.float32, key: str = "system.guidance.pretrained_model_name_or_path"
-) -> EscherNetNetworks:
-    """EscherNet's networks from any weights source, CaPE attention installed."""
-    quiet_progress_bars()
-    source = resolve_weights(
-        name_or_path, "EscherNet", subfolders=DIFFUSERS_PARTS, key=key,
-        extra_patterns=[f"{sub}/*.bin" for sub in DIFFUSERS_PARTS],
-    )
-    if source.kind == TINY_RANDOM:
-        networks = EscherNetNetworks(tiny_unet(TINY_ESCHERNET_UNET, sample_size=8), tiny_vae(), _tiny_encoder())
-    elif source.kind == "diffusers":
-        from transformers import ConvNextV2Model
-
-        networks = EscherNetNetworks(
-            load_diffusers_component(source, "unet", "UNet2DConditionModel", dtype),
-            load_diffusers_component(source, "vae", "AutoencoderKL", dtype),
-            ConvNextV2Model.from_pretrained(source.path, subfolder="image_encoder", torch_dtype=dtype),
-        )
-    else:
-        raise ConfigError(
-            f"EscherNet is published as a diffusers folder (kxic/eschernet-6dof or -4dof with unet/, vae/ "
-            f"and image_encoder/), not as one checkpoint file: got {source.path}."
-        )
-    check_eschernet_networks(networks, source.path or source.name)
-    install_cape_attention(networks.unet)
-    for net in (networks.unet, networks.vae, networks.image_encoder):
-        move(net, dtype=dtype)
-    return networks
+ESCHERNET_WEIGHTS = register_weights(WeightsRecipe(
+    name="eschernet",
+    what="EscherNet",
+    parts=(
+        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_ESCHERNET_UNET)),
+        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
+        Part("image_encoder", "transformers.ConvNextV2Model", lambda o: tiny_convnext()),
+    ),
+    check=check_eschernet_networks,
+    prepare=lambda parts: install_cape_attention(parts["unet"]),
+    extra_patterns=tuple(f"{sub}/*.bin" for sub in ("unet", "vae", "image_encoder")),
+))
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,7 +264,7 @@ class EscherNetGuidance(LatentDiffusionGuidance):
     class Config(LatentDiffusionGuidance.Config):
         pretrained_model_name_or_path: str = "kxic/eschernet-6dof"
         """EscherNet weights: kxic/eschernet-6dof, kxic/eschernet-4dof, a local diffusers folder, tiny-random."""
-        cape_type: str = "6dof"
+        cape_type: CapeType = "6dof"
         """6dof (4x4 pose matrices; kxic/eschernet-6dof) | 4dof (rotary polar/azimuth/radius; -4dof)."""
         guidance_scale: float = 3.0
         """CFG scale against zero reference tokens (EscherNet's default: 3)."""
@@ -328,42 +274,26 @@ class EscherNetGuidance(LatentDiffusionGuidance):
         """Target views denoised jointly per object (consecutive in the batch, one timestep)."""
         shared_timestep: bool = True
         """One timestep for the whole batch: the target views attend to each other."""
-        recon_loss: bool = False
-        """x0-reconstruction loss (as MVDream) instead of SDS."""
-        recon_std_rescale: float = 0.0
-        """CFG rescale of the reconstructed x0 (x0-reconstruction only); 0 disables."""
         scene_scale: float = 1.0
         """Our distances times this = EscherNet's (its training cameras are 1.5 to 2.2 from the object)."""
-        sample_views: List[List[float]] = field(
-            default_factory=lambda: [[0.0, 90.0], [0.0, 180.0], [0.0, 270.0], [30.0, 0.0]]
-        )
-        """--sample: [delta elevation, delta azimuth] (degrees) from the first reference, per generated view."""
-        sample_steps: int = 50
-        """--sample: DDIM steps."""
-        sample_guidance_scale: float = 3.0
-        """--sample: CFG scale."""
-        sample_eta: float = 0.0
-        """--sample: DDIM eta."""
+
+        def validate(self) -> None:
+            if self.scene_scale <= 0:
+                raise FieldError("scene_scale", f"must be > 0, got {self.scene_scale}")
 
     cfg: Config
+    weights = ESCHERNET_WEIGHTS
+    condition_type = EscherNetCondition
+    condition_hint = ("Use data_type: single-image-datamodule with image=front.png or references=views.yaml "
+                      "and an image-to-3D system (it prepares the condition from the posed images).")
+    conditioned_on_images = True
+    sample_defaults = {"steps": 50, "guidance_scale": 3.0, "eta": 0.0,
+                       "views": [[0.0, 90.0], [0.0, 180.0], [0.0, 270.0], [30.0, 0.0]]}
+    """Four views around the first reference, jointly denoised (DDIM)."""
 
     def configure(self) -> None:
-        if self.cfg.cape_type not in CAPE_TYPES:
-            raise ConfigError(
-                f"system.guidance.cape_type must be one of {', '.join(CAPE_TYPES)}, got {self.cfg.cape_type!r}."
-            )
-        if self.cfg.scene_scale <= 0:
-            raise ConfigError(f"system.guidance.scene_scale must be > 0, got {self.cfg.scene_scale}.")
         super().configure()
         self._warned_radius = False
-
-    def load_networks(self) -> None:
-        nets = load_eschernet_networks(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
-        self.unet, self.vae, self.image_encoder = nets.unet, nets.vae, nets.image_encoder
-        self.check_image_size()
-
-    def networks(self) -> Dict[str, nn.Module]:
-        return {"unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder}
 
     # -- poses --------------------------------------------------------------------------------
     def cape_pose(self, c2w: Tensor) -> Tensor:
@@ -410,83 +340,49 @@ class EscherNetGuidance(LatentDiffusionGuidance):
         """``(eps_cond, eps_uncond)`` for noisy latents ``[B, 4, h, w]`` of ``B / n_view`` objects
         whose target views have CaPE poses ``target_poses`` (``[B, 4, 4]`` or ``[B, 4]``). The
         unconditional branch gets zero reference tokens with the same poses."""
-        dtype = self.weights_dtype
-        batch = x_t.shape[0]
-        tokens = condition.tokens.to(self.device, dtype).expand(batch, -1, -1)
-        target = torch.cat([target_poses, target_poses]).to(self.device)
-        reference = condition.poses.to(self.device)[None].expand(2 * batch, *condition.poses.shape)
+        rows = x_t.shape[0]
+        tokens = condition.tokens.to(self.device, self.weights_dtype).expand(rows, -1, -1)
+        target = target_poses.to(self.device).repeat(2 * rows // len(target_poses), *([1] * (target_poses.dim() - 1)))
+        reference = condition.poses.to(self.device)[None].expand(2 * rows, *condition.poses.shape)
         poses = CaPEPoses(self.cfg.cape_type, target, reference)
-        eps = self.unet(
-            torch.cat([x_t, x_t]).to(self.device, dtype),
-            torch.cat([t, t]).to(self.device),
-            encoder_hidden_states=torch.cat([torch.zeros_like(tokens), tokens]),
-            cross_attention_kwargs={"num_views": n_view, "poses": poses},
-        ).sample.float()
-        eps_uncond, eps_cond = eps.chunk(2)
+        eps_cond, eps_uncond = self.unet_branches(
+            x_t, t, [UNetBranch(tokens), UNetBranch(torch.zeros_like(tokens))], num_views=n_view, poses=poses,
+        )
         return eps_cond, eps_uncond
 
-    def __call__(
-        self,
-        rgb: Tensor,
-        condition: Optional[EscherNetCondition] = None,
-        *,
-        c2w: Tensor,
-        n_views: Any = None,
-        rgb_as_latents: bool = False,
-        **kwargs: Any,
-    ) -> Dict[str, Tensor]:
-        """``loss_sds`` for renders ``[B, H, W, 3]`` of ``B / n_view`` objects at cameras ``c2w``."""
-        if not isinstance(condition, EscherNetCondition):
-            raise ConfigError(
-                "eschernet-guidance is conditioned on posed images: use data_type: single-image-datamodule "
-                "with image=front.png or references=views.yaml (and a system that prepares the condition)."
-            )
-        batch = rgb.shape[0]
-        n_view = check_view_groups(batch, n_views, self.cfg.n_view, "the EscherNet guidance")
-        self.ensure_device(rgb.device)
-        latents = self.latents_from_rgb_as_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
-        target = self.cape_pose(c2w.to(self.device))
-        scale = self.cfg.guidance_scale
+    def guided(self, condition: EscherNetCondition, target: Tensor, n_view: int, scale: float):
+        """``predict(x_t, t) -> (guided eps, conditional eps)`` for target views with poses ``target``."""
 
-        def guided(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+        def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
             eps_cond, eps_uncond = self.predict_noise(x_t, t, condition, target, n_view)
             return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
 
-        if self.cfg.recon_loss:
-            return self.x0_reconstruction(latents, guided, self.cfg.recon_std_rescale, group=n_view)
-        return self.sds(latents, lambda x_t, t: guided(x_t, t)[0])
+        return predict
+
+    def guide(self, rgb: Tensor, condition: EscherNetCondition, cameras: Cameras,
+              rgb_as_latents: bool = False) -> Dict[str, Tensor]:
+        """``loss_sds`` for renders ``[B, H, W, 3]`` of ``B / n_view`` objects."""
+        n_view = check_view_groups(rgb.shape[0], cameras.n_views, self.cfg.n_view, "the EscherNet guidance")
+        latents = self.to_latents(rgb, rgb_as_latents)
+        target = self.cape_pose(cameras.c2w.to(self.device))
+        return self.distil(latents, self.guided(condition, target, n_view, self.cfg.guidance_scale), group=n_view)
 
     # -- sampling (python launch.py --sample) -------------------------------------------------
-    def sample_cameras(self, condition: EscherNetCondition) -> Tensor:
-        """``c2w`` ``[M, 4, 4]`` of the ``sample_views`` (offsets from the first reference)."""
+    def sample_cameras(self, condition: EscherNetCondition, views: Any) -> Tensor:
+        """``c2w`` ``[M, 4, 4]`` of ``views`` ([delta elevation, delta azimuth] from the first reference)."""
         polar, azimuth, radius = spherical_coordinates(condition.c2w[0, :3, 3].float().cpu())
-        views = torch.tensor([list(v) for v in self.cfg.sample_views], dtype=torch.float32).reshape(-1, 2)
-        elevation = (90.0 - math.degrees(float(polar))) + views[:, 0]
-        azimuth_deg = math.degrees(float(azimuth)) + views[:, 1]
+        offsets = torch.tensor([list(v) for v in views], dtype=torch.float32).reshape(-1, 2)
+        elevation = (90.0 - math.degrees(float(polar))) + offsets[:, 0]
+        azimuth_deg = math.degrees(float(azimuth)) + offsets[:, 1]
         return c2w_from_spherical(
             deg2rad(elevation.clamp(-89.0, 89.0)), deg2rad(azimuth_deg), torch.full_like(elevation, float(radius))
         )
 
     @torch.no_grad()
-    def sample(
-        self,
-        condition: Optional[EscherNetCondition] = None,
-        generator: Optional[torch.Generator] = None,
-        num_inference_steps: Optional[int] = None,
-        guidance_scale: Optional[float] = None,
-    ) -> Tensor:
-        """The references followed by the ``sample_views`` generated jointly by DDIM: ``[N + M, S, S, 3]``."""
-        if not isinstance(condition, EscherNetCondition):
-            raise ConfigError("--sample with EscherNet needs reference images: pass image=... or references=....")
-        cfg = self.cfg
-        c2w = self.sample_cameras(condition).to(self.device)
-        target = self.cape_pose(c2w)
-        scale = cfg.sample_guidance_scale if guidance_scale is None else guidance_scale
+    def sample(self, condition: EscherNetCondition, settings: Any, generator: Any = None) -> Tensor:
+        """The references followed by ``settings.views`` generated jointly by DDIM: ``[N + M, S, S, 3]``."""
+        c2w = self.sample_cameras(condition, settings.views).to(self.device)
         n_view = len(c2w)
-
-        def predict(x_t: Tensor, t: Tensor) -> Tensor:
-            eps_cond, eps_uncond = self.predict_noise(x_t, t, condition, target, n_view)
-            return D.classifier_free_guidance(eps_uncond, eps_cond, scale)
-
-        images = self.sample_images(predict, n_view, num_inference_steps or cfg.sample_steps, generator, cfg.sample_eta)
+        predict = self.guided(condition, self.cape_pose(c2w), n_view, settings.guidance_scale)
+        images = self.sample_images(lambda x_t, t: predict(x_t, t)[0], n_view, settings.steps, generator, settings.eta)
         return torch.cat([condition.images.to(self.device), images])

@@ -1,199 +1,55 @@
-"""Shared base of latent-diffusion guidances (MVDream, Stable Diffusion, Zero123, ...).
+"""Shared base of latent-diffusion guidances (MVDream, Stable Diffusion, Zero-1-to-3, EscherNet).
 
-:class:`LatentDiffusionGuidance` owns the frozen networks and their precision (fp16 weights on
-CUDA, fp32 on CPU), moves them to the renders' device on first use, encodes renders into VAE
-latents at ``image_size`` and decodes them back, and runs DDIM sampling (``--sample``). The
-module also builds stock diffusers/transformers models from original (ldm) state dicts, through
-:mod:`threestudio_like.guidance.ldm_convert`, and at toy size for ``tiny-random``.
-
-diffusers and transformers are imported lazily: importing the package (to read a config) stays
-fast.
+:class:`LatentDiffusionGuidance` gets its frozen networks through the one model loader (the
+subclass names its :class:`~threestudio_like.models.loader.WeightsRecipe` in ``weights``), keeps
+their precision (fp16 weights on CUDA, fp32 on CPU), moves them to the renders' device on first
+use, encodes renders into VAE latents at ``image_size`` and decodes them back, runs every
+classifier-free-guidance branch of a UNet call in one batch (:meth:`unet_branches`, conditional
+branch first by convention) and samples with DDIM (``--sample``).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from threestudio_like.guidance import ldm_convert as LC
+from threestudio_like.errors import ConfigError
 from threestudio_like.guidance.base import BaseGuidance
-from threestudio_like.guidance.weights import WeightsSource, rerandomize_parameters
+from threestudio_like.models.builders import freeze, move, pick_device_dtype, seeded
+from threestudio_like.models.loader import WeightsRecipe, load_model
+from threestudio_like.sampling.ddim import ddim_sample
 
-SD_SCALING_FACTOR = 0.18215
-# A KL-f8 autoencoder at toy size (4 levels keep the 8x downsampling).
-TINY_VAE_DDCONFIG: Dict[str, Any] = {
-    "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "in_channels": 3, "out_ch": 3, "z_channels": 4,
-}
-# The OpenCLIP ViT-H/14 text tower of SD2.x, as read by SD2 (penultimate layer + ln_final).
-SD2_TEXT_HEAD_WIDTH = 64
+WEIGHTS_KEY = "system.guidance.pretrained_model_name_or_path"
 
 
-def pick_device_dtype(half_precision: bool, device: Optional[torch.device] = None) -> Tuple[torch.device, torch.dtype]:
-    """``(device, dtype)``: fp16 on CUDA when ``half_precision``, fp32 otherwise and on CPU."""
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    dtype = torch.float16 if (half_precision and device.type == "cuda") else torch.float32
-    return device, dtype
+@dataclass
+class UNetBranch:
+    """The conditioning of one classifier-free-guidance branch of a UNet call (``B`` rows, or
+    fewer that tile the rows draw-major, as SJC stacks its noise draws)."""
+
+    encoder_hidden_states: Tensor
+    """``[B, L, D]`` tokens the UNet cross-attends to."""
+    class_labels: Optional[Tensor] = None
+    """``[B, ...]`` class-embedding input (MVDream's camera)."""
+    concat: Optional[Tensor] = None
+    """``[B, C, h, w]`` channels appended to the noisy latent (Zero-1-to-3's image latent)."""
 
 
-def quiet_progress_bars() -> None:
-    """No per-file progress bars from diffusers/transformers when loading or saving models."""
-    try:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-    except Exception:  # older versions: the bars are only cosmetic
-        pass
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with a fixed torch seed without disturbing the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no gradients for parameters."""
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-def move(module: nn.Module, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """``module.to(device, dtype)``, casting only when some parameter has another dtype."""
-    if device is not None:
-        module.to(device)
-    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
-        module.to(dtype)
-    return module
-
-
-def _load_exact(build: Callable[[], nn.Module], state_dict: Dict[str, Tensor], what: str) -> nn.Module:
-    """Build a model without allocating its weights, then adopt ``state_dict`` (all keys)."""
-    with torch.device("meta"):
-        model = build()
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-    if missing or unexpected:
-        raise LC.ConversionError(
-            f"{what}: converted weights do not fit the model (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]})."
-        )
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise LC.ConversionError(f"{what}: tensors without values after loading: {left[:5]}.")
-    return model
-
-
-# ------------------------------------------------------------------------------------------
-# models from ldm state dicts, and at toy size
-
-
-def unet_from_ldm(
-    unet_sd: Dict[str, Tensor], num_head_channels: int = 64, sample_size: int = 32, num_heads: Optional[int] = None
-) -> nn.Module:
-    """A ``UNet2DConditionModel`` holding the weights of an ldm UNet state dict.
-
-    ``num_heads`` fixes the head count at every level (SD1.x) instead of the head width.
-    """
-    from diffusers import UNet2DConditionModel
-
-    ldm = LC.infer_ldm_unet_config(unet_sd, num_head_channels, num_heads=num_heads)
-    config = LC.diffusers_unet_config(ldm, sample_size=sample_size)
-    converted = LC.convert_ldm_unet(unet_sd, ldm["num_res_blocks"])
-    return _load_exact(lambda: UNet2DConditionModel(**config), converted, "UNet")
-
-
-def vae_from_ldm(vae_sd: Dict[str, Tensor], scaling_factor: float = SD_SCALING_FACTOR) -> nn.Module:
-    """An ``AutoencoderKL`` holding the weights of an ldm first-stage state dict."""
-    from diffusers import AutoencoderKL
-
-    config = LC.diffusers_vae_config(LC.infer_ldm_vae_config(vae_sd), scaling_factor=scaling_factor)
-    return _load_exact(lambda: AutoencoderKL(**config), LC.convert_ldm_vae(vae_sd), "VAE")
-
-
-def text_encoder_from_open_clip(text_sd: Dict[str, Tensor], head_width: int = SD2_TEXT_HEAD_WIDTH) -> nn.Module:
-    """A ``CLIPTextModel`` equal to SD2's use of an OpenCLIP text tower (penultimate + ln_final)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(**LC.infer_open_clip_text_config(text_sd, penultimate=True, head_width=head_width))
-    converted = LC.convert_open_clip_text(text_sd, num_layers=config.num_hidden_layers)
-    model = CLIPTextModel(config)  # small buffers (position ids) need a real construction
-    if any(k.startswith("text_model.") for k in model.state_dict()):  # transformers 4 layout
-        converted = {"text_model." + k: v for k, v in converted.items()}
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise LC.ConversionError(
-            f"Text encoder: converted weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})."
-        )
-    return model
-
-
-def tiny_unet(ldm_config: Dict[str, Any], sample_size: int, seed: int = 0) -> nn.Module:
-    """A randomly initialised toy UNet (every layer re-randomised: none is zero)."""
-    from diffusers import UNet2DConditionModel
-
-    with seeded(seed):
-        unet = UNet2DConditionModel(**LC.diffusers_unet_config(ldm_config, sample_size=sample_size))
-    rerandomize_parameters(unet, seed=seed)
-    return unet
-
-
-def tiny_vae(seed: int = 0) -> nn.Module:
-    """A randomly initialised toy KL-f8 autoencoder."""
-    from diffusers import AutoencoderKL
-
-    with seeded(seed):
-        vae = AutoencoderKL(**LC.diffusers_vae_config(TINY_VAE_DDCONFIG, sample_size=64))
-    rerandomize_parameters(vae, seed=seed + 1, gain=0.5)
-    return vae
-
-
-def load_diffusers_component(source: WeightsSource, subfolder: str, cls_name: str, dtype: torch.dtype) -> nn.Module:
-    """``<cls>.from_pretrained(folder, subfolder=...)`` for a diffusers folder."""
-    import diffusers
-
-    cls = getattr(diffusers, cls_name)
-    return cls.from_pretrained(source.path, subfolder=subfolder, torch_dtype=dtype)
-
-
-def make_ddim_scheduler(num_train_timesteps: int = 1000) -> Any:
-    """The DDIM sampler of SD/MVDream: scaled-linear betas 0.00085..0.012, eps prediction, and
-    the ldm timestep grid (``steps_offset=1``, first alpha from ``abar_0``)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# the base guidance
+def _tile_rows(x: Optional[Tensor], rows: int) -> Optional[Tensor]:
+    """``x`` repeated along dim 0 to ``rows`` rows (draw-major tiling)."""
+    if x is None or x.shape[0] == rows:
+        return x
+    if rows % x.shape[0]:
+        raise ValueError(f"{x.shape[0]} condition rows do not tile {rows} noisy latents.")
+    return x.repeat(rows // x.shape[0], *([1] * (x.dim() - 1)))
 
 
 class LatentDiffusionGuidance(BaseGuidance):
-    """A guidance whose prior works on VAE latents; subclasses build the networks."""
+    """A guidance whose prior works on VAE latents; subclasses name their weights recipe."""
 
     @dataclass
     class Config(BaseGuidance.Config):
@@ -205,6 +61,8 @@ class LatentDiffusionGuidance(BaseGuidance):
         """Renders are resized to this square size before VAE encoding."""
 
     cfg: Config
+    weights: ClassVar[WeightsRecipe]
+    """The prior's networks and how to load them from every kind of source."""
 
     def configure(self) -> None:
         super().configure()
@@ -213,21 +71,27 @@ class LatentDiffusionGuidance(BaseGuidance):
         for net in self.networks().values():
             move(freeze(net), self.device, self.weights_dtype)
 
-    # -- subclasses ---------------------------------------------------------------------------
+    # -- networks -----------------------------------------------------------------------------
+    def weights_options(self) -> Dict[str, Any]:
+        """Options of the weights recipe taken from this guidance's config (ldm conversion)."""
+        return {}
+
     def load_networks(self) -> None:
-        """Build the frozen networks (``self.vae`` at least) on CPU in ``self.weights_dtype``."""
-        raise NotImplementedError
+        """The recipe's parts as attributes (``self.unet``, ``self.vae`` ...), on CPU."""
+        parts = load_model(type(self).weights, self.cfg.pretrained_model_name_or_path, self.weights_dtype,
+                           key=WEIGHTS_KEY, **self.weights_options())
+        for name, net in parts.items():
+            setattr(self, name, net)
+        self.check_image_size()
 
     def networks(self) -> Dict[str, nn.Module]:
         """The frozen networks by name (moved and cast together)."""
-        return {"vae": self.vae}
+        return {name: getattr(self, name) for name in type(self).weights.part_names}
 
     def check_image_size(self) -> None:
         """``image_size`` must survive the VAE's x8 and the UNet's downsamplings exactly."""
         factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if self.cfg.image_size % factor:
-            from threestudio_like.config import ConfigError
-
             raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
 
     # -- device -------------------------------------------------------------------------------
@@ -280,26 +144,51 @@ class LatentDiffusionGuidance(BaseGuidance):
         size = self.latent_size
         return F.interpolate(x, (size, size), mode="bilinear", align_corners=False) * 2.0 - 1.0
 
-    # -- sampling -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def ddim_sample(
-        self,
-        predict_noise: Callable[[Tensor, Tensor], Tensor],
-        shape: Sequence[int],
-        num_inference_steps: int = 50,
-        generator: Optional[torch.Generator] = None,
-        eta: float = 0.0,
-    ) -> Tensor:
-        """DDIM from pure noise; ``predict_noise(x_t, t[B])`` returns the (guided) noise."""
-        scheduler = make_ddim_scheduler(self.cfg.num_train_timesteps)
-        scheduler.set_timesteps(num_inference_steps)
-        latents = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(self.device)
-        for t in scheduler.timesteps:
-            t_batch = torch.full((shape[0],), int(t), device=self.device, dtype=torch.long)
-            eps = predict_noise(latents, t_batch).float()
-            latents = scheduler.step(eps, t, latents, eta=eta).prev_sample
-        return latents
+    def to_latents(self, rgb: Tensor, rgb_as_latents: bool) -> Tensor:
+        """The renders in the prior's latent space (encoded, or rendered there directly)."""
+        self.ensure_device(rgb.device)
+        return self.latents_from_rgb_as_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
 
+    @torch.no_grad()
+    def white_latents(self, size: Optional[int] = None) -> Tensor:
+        """Scaled latents ``[1, 4, s, s]`` of a white image (the background of latent renders:
+        3drec blends the mean white-image latent), resized to ``size`` latent pixels."""
+        cached = getattr(self, "_white_latent", None)
+        if cached is None or cached.device != torch.device(self.device):
+            white = torch.ones(1, 3, self.cfg.image_size, self.cfg.image_size, device=self.device, dtype=self.weights_dtype)
+            cached = (self.vae.encode(white).latent_dist.mode() * self.vae.config.scaling_factor).float()
+            self._white_latent = cached
+        latent = cached
+        if size is not None and latent.shape[-1] != size:
+            latent = F.interpolate(latent, (size, size), mode="bilinear", align_corners=False)
+        return latent
+
+    # -- the UNet -----------------------------------------------------------------------------
+    def unet_branches(self, x_t: Tensor, t: Tensor, branches: Sequence[UNetBranch],
+                      **cross_attention_kwargs: Any) -> List[Tensor]:
+        """Noise predictions ``[N, 4, h, w]`` of every branch, from one batched UNet call.
+
+        The branches' conditions are tiled to the ``N`` rows of ``x_t``; ``cross_attention_kwargs``
+        go to the attention processors (they must already cover ``len(branches) * N`` rows).
+        """
+        rows, dtype = x_t.shape[0], self.weights_dtype
+        x_t = x_t.to(self.device, dtype)
+        inputs, context, labels = [], [], []
+        for branch in branches:
+            concat = _tile_rows(branch.concat, rows)
+            inputs.append(x_t if concat is None else torch.cat([x_t, concat.to(self.device, dtype)], 1))
+            context.append(_tile_rows(branch.encoder_hidden_states, rows).to(self.device, dtype))
+            if branch.class_labels is not None:
+                labels.append(_tile_rows(branch.class_labels, rows).to(self.device, dtype))
+        eps = self.unet(
+            torch.cat(inputs), t.to(self.device).repeat(len(branches)),
+            encoder_hidden_states=torch.cat(context),
+            class_labels=torch.cat(labels) if labels else None,
+            cross_attention_kwargs=cross_attention_kwargs or None,
+        ).sample.float()
+        return list(eps.chunk(len(branches)))
+
+    # -- sampling (python launch.py --sample) -------------------------------------------------
     @torch.no_grad()
     def sample_images(
         self,
@@ -313,8 +202,12 @@ class LatentDiffusionGuidance(BaseGuidance):
         ``generator`` too, so a seed gives the same images every time."""
         seed = generator.initial_seed() if generator is not None else 0
         with seeded(seed):  # DDIM's eta noise comes from the global generator
-            latents = self.ddim_sample(
-                predict_noise, (n_images, 4, self.latent_size, self.latent_size),
-                num_inference_steps, generator=generator, eta=eta,
+            latents = ddim_sample(
+                predict_noise, (n_images, 4, self.latent_size, self.latent_size), self.cfg.num_train_timesteps,
+                num_inference_steps, device=self.device, generator=generator, eta=eta,
             )
         return self.decode_latents(latents)
+
+    def sample(self, condition: Any, settings: Any, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Images ``[N, S, S, 3]`` straight from the prior for ``--sample`` (see :mod:`threestudio_like.sampling`)."""
+        raise ConfigError(f"{type(self).__name__} has no sampler for --sample.")

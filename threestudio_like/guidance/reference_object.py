@@ -8,160 +8,33 @@ the query cameras. The prior is the *exact* denoiser of those renders: for a can
 ``camera-conditioned`` mode the set is the single render at the query camera, so distillation
 must reproduce the object — an end-to-end test of cameras, renderer, SDS plumbing and export with
 a number (IoU) that can fail. The other modes of the Janus benchmark (front-biased unconditioned
-views, view bins, joint multi-view sets; :mod:`threestudio_like.janus.modes`) only change which
+views, view bins, joint multi-view sets; :mod:`threestudio_like.reference.modes`) only change which
 candidates each query gets; classifier-free guidance adds an unconditional branch over renders of
-procedural relatives of the object (:func:`variant_parts`).
+procedural relatives of the object (:func:`~threestudio_like.reference.object.variant_parts`).
 """
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like import find, register
-from threestudio_like.base import BaseModule
-from threestudio_like.cameras import c2w_from_spherical, deg2rad, rays_for_cameras
-from threestudio_like.guidance import distillation as D
+from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad, rays_for_cameras
+from threestudio_like.errors import ConfigError, FieldError
 from threestudio_like.guidance.base import BaseGuidance
-from threestudio_like.janus import modes as M
-
-# (kind, centre, size, colour): spheres have a radius, ellipsoids radii, capsules an end point
-# and a radius. The front (+x) carries a face; the back (-x) a tail.
-_PRIMITIVES: List[Tuple[str, Tuple[float, ...], Tuple[float, ...], Tuple[float, float, float]]] = [
-    ("ellipsoid", (0.0, 0.0, -0.05), (0.42, 0.32, 0.34), (0.95, 0.55, 0.12)),  # body (front colour)
-    ("sphere", (0.36, 0.0, 0.26), (0.21,), (0.96, 0.86, 0.70)),  # head
-    ("sphere", (0.53, 0.085, 0.33), (0.05,), (0.05, 0.05, 0.05)),  # eye
-    ("sphere", (0.53, -0.085, 0.33), (0.05,), (0.05, 0.05, 0.05)),  # eye
-    ("sphere", (0.57, 0.0, 0.24), (0.05,), (0.85, 0.10, 0.10)),  # nose
-    ("capsule", (-0.35, 0.0, 0.0, -0.62, 0.0, 0.38), (0.075,), (0.10, 0.45, 0.15)),  # tail
-]
-_BACK_COLOUR = (0.15, 0.35, 0.90)  # body colour behind the x = 0 plane
-
-
-def _sdf_primitive(kind: str, centre: Tuple[float, ...], size: Tuple[float, ...], p: Tensor) -> Tensor:
-    if kind == "sphere":
-        return (p - p.new_tensor(centre)).norm(dim=-1) - size[0]
-    if kind == "ellipsoid":
-        # A standard first-order distance bound for ellipsoids (exact on the axes).
-        radii = p.new_tensor(size)
-        q = (p - p.new_tensor(centre)) / radii
-        k0 = q.norm(dim=-1)
-        k1 = (q / radii).norm(dim=-1).clamp_min(1e-9)
-        return k0 * (k0 - 1.0) / k1
-    if kind == "capsule":
-        a, b = p.new_tensor(centre[:3]), p.new_tensor(centre[3:])
-        ab = b - a
-        h = (((p - a) * ab).sum(-1) / (ab * ab).sum()).clamp(0, 1)
-        return (p - a - h[..., None] * ab).norm(dim=-1) - size[0]
-    raise ValueError(kind)
-
-
-def variant_parts(variant: int):
-    """``(primitives, back colour, yaw in degrees)`` of the reference object (``variant`` 0) or of
-    one of its procedural relatives (``variant`` > 0, seeded): every primitive recoloured,
-    resized (x0.7-1.3) and nudged, the face (eyes and nose) or the tail dropped at random, the
-    whole turned by a random yaw. They are the "other objects" of the reference prior's
-    unconditional data set."""
-    if variant == 0:
-        return _PRIMITIVES, _BACK_COLOUR, 0.0
-    rng = random.Random(variant)
-    drop_face, drop_tail = rng.random() < 0.5, rng.random() < 0.3
-    prims = []
-    for i, (kind, centre, size, _) in enumerate(_PRIMITIVES):
-        if (drop_face and i in (2, 3, 4)) or (drop_tail and kind == "capsule"):
-            continue
-        shift = [rng.uniform(-0.05, 0.05) for _ in range(3)]
-        centre = tuple(c + shift[j % 3] for j, c in enumerate(centre))
-        factor = rng.uniform(0.7, 1.3)
-        colour = tuple(rng.random() for _ in range(3))
-        prims.append((kind, centre, tuple(x * factor for x in size), colour))
-    back = tuple(rng.random() for _ in range(3))
-    return prims, back, rng.uniform(0.0, 360.0)
-
-
-@register("reference-object-geometry")
-class ReferenceObjectGeometry(BaseModule):
-    """The procedural reference object as a geometry: analytic density and colour features."""
-
-    @dataclass
-    class Config(BaseModule.Config):
-        radius: float = 1.0
-        """Half size of the scene box the renderer marches through."""
-        density_scale: float = 200.0
-        """Density deep inside the object."""
-        softness: float = 0.01
-        """Width of the surface transition (world units)."""
-        isosurface_threshold: float = 100.0
-        """Density level at the surface (half of density_scale)."""
-        variant: int = 0
-        """0: the reference object; k > 0: its k-th procedural relative (:func:`variant_parts`)."""
-
-    cfg: Config
-
-    def configure(self) -> None:
-        self.primitives, self.back_colour, self.yaw_deg = variant_parts(self.cfg.variant)
-
-    def _local(self, points: Tensor) -> Tensor:
-        """World points in the object's own frame (undoes the variant's yaw)."""
-        if self.yaw_deg == 0.0:
-            return points
-        c, s = math.cos(math.radians(self.yaw_deg)), math.sin(math.radians(self.yaw_deg))
-        x, y = points[..., 0], points[..., 1]
-        return torch.stack([c * x + s * y, -s * x + c * y, points[..., 2]], -1)
-
-    def sdf(self, points: Tensor) -> Tuple[Tensor, Tensor]:
-        """Signed distance to the object and the index of the closest primitive."""
-        p = self._local(points)
-        dists = torch.stack([_sdf_primitive(k, c, s, p) for k, c, s, _ in self.primitives], dim=-1)
-        return dists.min(dim=-1)
-
-    def occupancy(self, points: Tensor) -> Tensor:
-        """Boolean inside-test, the ground truth for IoU."""
-        return self.sdf(points)[0] < 0
-
-    def colour(self, points: Tensor, nearest: Tensor) -> Tensor:
-        palette = points.new_tensor([c for *_, c in self.primitives])
-        rgb = palette[nearest]
-        back = points.new_tensor(self.back_colour)
-        is_back_body = (nearest == 0) & (self._local(points)[..., 0] < 0)
-        return torch.where(is_back_body[..., None], back.expand_as(rgb), rgb)
-
-    def forward_density(self, points: Tensor) -> Tensor:
-        sdf, _ = self.sdf(points)
-        return (self.cfg.density_scale * torch.sigmoid(-sdf / self.cfg.softness))[..., None]
-
-    def forward(self, points: Tensor, output_normal: bool = False) -> Dict[str, Tensor]:
-        sdf, nearest = self.sdf(points)
-        density = (self.cfg.density_scale * torch.sigmoid(-sdf / self.cfg.softness))[..., None]
-        return {"density": density, "features": self.colour(points, nearest)}
-
-    def export(self, points: Tensor) -> Dict[str, Tensor]:
-        return {"features": self.colour(points, self.sdf(points)[1])}
-
-    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None):
-        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``)."""
-        from threestudio_like.geometry.isosurface import marching_cubes
-
-        r = self.cfg.radius
-        return marching_cubes(
-            lambda x: self.forward_density(x)[..., 0],
-            resolution or 128,
-            (-r, -r, -r),
-            (r, r, r),
-            self.cfg.isosurface_threshold if threshold is None else threshold,
-        )
+from threestudio_like.reference import modes as M
+from threestudio_like.reference.object import ReferenceObjectGeometry
 
 
 @register("reference-object-guidance")
 class ReferenceObjectGuidance(BaseGuidance):
     """Exact-denoiser prior over renders of the bundled reference object (no weights).
 
-    Modes (candidates per query, :mod:`threestudio_like.janus.modes`): ``camera-conditioned`` —
+    Modes (candidates per query, :mod:`threestudio_like.reference.modes`): ``camera-conditioned`` —
     the render at the query camera; ``unconditioned`` — the bank of renders at ``n_azimuth``
     uniform azimuths weighted by a front-biased von Mises prior (``kappa``), the query's azimuth
     ignored; ``view-binned`` — those in the query's front/side/back bin; ``multi-view-joint`` —
@@ -178,7 +51,7 @@ class ReferenceObjectGuidance(BaseGuidance):
 
     @dataclass
     class Config(BaseGuidance.Config):
-        mode: str = "camera-conditioned"
+        mode: M.Mode = "camera-conditioned"
         """camera-conditioned | unconditioned | view-binned | multi-view-joint (see the class doc)."""
         resolution: int = 64
         """Renders are resized to this square size before noising (the prior's image space)."""
@@ -190,12 +63,8 @@ class ReferenceObjectGuidance(BaseGuidance):
         """Rays per chunk when rendering the reference object."""
         geometry: dict = field(default_factory=dict)
         """Overrides for the reference-object geometry (density_scale, softness)."""
-        update_rule: str = "sds"
+        update_rule: Literal["sds", "sjc"] = "sds"
         """sds | sjc (Score Jacobian Chaining with perturb-and-average scoring)."""
-        n_perturb: int = 1
-        """SJC: noise draws averaged per view."""
-        var_red: bool = True
-        """SJC: variance-reduced gradient (D - y) / sigma instead of (D - z) / sigma."""
         kappa: float = 2.0
         """unconditioned / view-binned: concentration of the front-biased von Mises view prior."""
         n_view: int = 4
@@ -213,24 +82,23 @@ class ReferenceObjectGuidance(BaseGuidance):
         bank_fovy_deg: float = 45.0
         """Bank: vertical field of view of the bank renders."""
 
+        def validate(self) -> None:
+            if self.resolution < 1:
+                raise FieldError("resolution", f"must be >= 1, got {self.resolution}")
+            if self.n_azimuth < 1 or self.n_other_azimuth < 1 or self.n_azimuth % self.n_other_azimuth:
+                raise FieldError("n_other_azimuth", f"must divide n_azimuth={self.n_azimuth}, got {self.n_other_azimuth}")
+            if self.mode == "multi-view-joint" and (self.n_azimuth % self.n_view or self.n_other_azimuth % self.n_view):
+                raise FieldError("n_view", f"must divide n_azimuth and n_other_azimuth in multi-view-joint mode, "
+                                           f"got {self.n_view}")
+            if self.bank_elevation_step <= 0:
+                raise FieldError("bank_elevation_step", f"must be positive, got {self.bank_elevation_step}")
+
     cfg: Config
     MODES = M.MODES
 
     def configure(self) -> None:
         super().configure()
         c = self.cfg
-        if c.mode not in self.MODES:
-            raise ValueError(
-                f"reference-object-guidance mode '{c.mode}' is not available; choose one of {', '.join(self.MODES)}."
-            )
-        if c.update_rule not in ("sds", "sjc"):
-            raise ValueError(f"update_rule must be sds or sjc, got {c.update_rule!r}.")
-        if c.n_azimuth % c.n_other_azimuth:
-            raise ValueError(f"n_other_azimuth={c.n_other_azimuth} must divide n_azimuth={c.n_azimuth}.")
-        if c.mode == "multi-view-joint" and (c.n_azimuth % c.n_view or c.n_other_azimuth % c.n_view):
-            raise ValueError(f"multi-view-joint: n_view={c.n_view} must divide n_azimuth and n_other_azimuth.")
-        if c.bank_elevation_step <= 0:
-            raise ValueError("bank_elevation_step must be positive.")
         self.renderer = self._make_renderer(ReferenceObjectGeometry(c.geometry))
         self._grid_ready_for: Optional[torch.device] = None
         self._others: List[Any] = []  # renderers of the other objects (built on first CFG use)
@@ -357,7 +225,7 @@ class ReferenceObjectGuidance(BaseGuidance):
         rows = torch.arange(pos.shape[0], device=device)
         if mode == "multi-view-joint":
             if n_views != c.n_view or pos.shape[0] % c.n_view:
-                raise ValueError(
+                raise ConfigError(
                     f"multi-view-joint needs batches of groups of {c.n_view} views 360/{c.n_view} degrees "
                     f"apart (data.n_view={c.n_view}, batch_size a multiple of it); got n_views={n_views}."
                 )
@@ -380,39 +248,28 @@ class ReferenceObjectGuidance(BaseGuidance):
         return {"cond": cond, "uncond": uncond, "azimuth": azimuth, "elevation": elevation,
                 "elevation_bin": bins, "bank_azimuth": bank_az}
 
-    def __call__(
-        self,
-        rgb: Tensor,
-        condition: Any = None,
-        *,
-        c2w: Tensor,
-        fovy: Tensor,
-        rgb_as_latents: bool = False,
-        n_views: int = 1,
-        **kwargs: Any,
-    ) -> Dict[str, Tensor]:
+    def guide(self, rgb: Tensor, condition: Any, cameras: Cameras, rgb_as_latents: bool = False) -> Dict[str, Tensor]:
+        """``loss_sds`` (or ``loss_sjc``) for renders ``[B, H, W, 3]``; the condition is unused
+        (the prior knows its object); the cameras' field of view is required."""
         if rgb_as_latents:
-            raise ValueError("The reference-object prior works on RGB renders (rgb_as_latents=False).")
+            raise ConfigError("The reference-object prior works on RGB renders (rgb_as_latents=False).")
+        if cameras.fovy is None:
+            raise ConfigError("The reference-object prior needs each camera's field of view (Cameras.fovy).")
         c = self.cfg
         latents = self.to_prior_space(rgb)
-        cand = self.candidates(c2w, fovy, n_views)
+        cand = self.candidates(cameras.c2w, cameras.fovy, cameras.n_views)
         group = c.n_view if c.mode == "multi-view-joint" else 1
         if group > 1:  # one joint sample (and one timestep) per group of views
             latents = latents.reshape(-1, group, *latents.shape[1:])
 
-        def predict_noise(x_t: Tensor, t: Tensor) -> Tensor:
+        def predict_noise(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
             k = x_t.shape[0] // latents.shape[0]  # SJC: k noise draws per view, stacked draw-major
             data, log_prior = cand["cond"]
             cond = (_tile(data, k), _tile(log_prior, k))
-            return M.guided_noise(x_t, t, self.alphas_cumprod, cond, _tile(cand["uncond"], k), c.guidance_scale)
+            eps = M.guided_noise(x_t, t, self.alphas_cumprod, cond, _tile(cand["uncond"], k), c.guidance_scale)
+            return eps, eps
 
-        if c.update_rule == "sjc":
-            out = D.sjc_update(
-                latents, predict_noise, self.alphas_cumprod, self.min_step, self.max_step,
-                c.n_perturb, c.var_red, c.shared_timestep,
-            )
-        else:
-            out = self.sds(latents, predict_noise)
+        out = self.distil(latents, predict_noise)
         if group > 1:  # the loss is normalised per group: back to per view, like the other modes
             for key in [k for k in out if k.startswith("loss_")]:
                 out[key] = out[key] / group

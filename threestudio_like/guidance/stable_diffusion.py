@@ -3,63 +3,38 @@
 Threestudio's ``stable-diffusion-guidance`` defaults: 512 px renders encoded by the VAE, CFG 100,
 ``t ~ U[0.02, 0.98]``, ``w(t) = 1 - abar``; the text condition is view-dependent ("…, front view"
 by the camera's azimuth and elevation: :mod:`threestudio_like.prompt.view_dependent`), with
-Perp-Neg as an option (``use_perp_neg``). Weights: a Hugging Face id / diffusers folder (SD2.1),
-an original ldm checkpoint (converted on load), or ``tiny-random``; missing weights give the
-shared clear error (:func:`threestudio_like.guidance.weights.resolve_weights`).
+Perp-Neg as an option (``use_perp_neg``). Weights (:data:`SD_WEIGHTS`): a Hugging Face id /
+diffusers folder (SD2.1), an original ldm checkpoint (converted on load), or ``tiny-random``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Dict
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from threestudio_like import register
-from threestudio_like.config import ConfigError
+from threestudio_like.cameras import Cameras
+from threestudio_like.errors import ConfigError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance import ldm_convert as LC
-from threestudio_like.guidance.latent_diffusion import (
-    LatentDiffusionGuidance,
-    load_diffusers_component,
-    move,
-    quiet_progress_bars,
-    tiny_unet,
-    tiny_vae,
-    unet_from_ldm,
-    vae_from_ldm,
-)
-from threestudio_like.guidance.weights import TINY_RANDOM, load_state_dict_file, resolve_weights
+from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
+from threestudio_like.models.architectures import TINY_SD21_UNET
+from threestudio_like.models.builders import parts_from_ldm_checkpoint, tiny_unet, tiny_vae
+from threestudio_like.models.loader import Part, WeightsRecipe, register_weights
+from threestudio_like.prompt.stable_diffusion import PromptEmbeddings
+from threestudio_like.prompt.view_dependent import ViewDependentEmbeddings
 
-# SD2.1-base UNet in ldm terms; the toy version has the tiny text encoder's width (32).
-SD21_UNET: Dict[str, Any] = {
-    "in_channels": 4, "out_channels": 4, "model_channels": 320, "channel_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2, "attention_levels": [True, True, True, False], "num_head_channels": 64,
-    "context_dim": 1024, "use_linear_in_transformer": True, "transformer_depth": 1,
-}
-TINY_SD21_UNET: Dict[str, Any] = {
-    **SD21_UNET, "model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
-    "attention_levels": [True, True, False], "num_head_channels": 8, "context_dim": 32,
-}
-
-
-def load_sd_networks(name_or_path: str, dtype: torch.dtype = torch.float32) -> Tuple[nn.Module, nn.Module]:
-    """``(unet, vae)`` of Stable Diffusion from any weights source."""
-    quiet_progress_bars()
-    source = resolve_weights(name_or_path, "Stable Diffusion 2.1", subfolders=("unet", "vae"),
-                             key="system.guidance.pretrained_model_name_or_path")
-    if source.kind == TINY_RANDOM:
-        unet, vae = tiny_unet(TINY_SD21_UNET, sample_size=8), tiny_vae()
-    elif source.kind == "diffusers":
-        unet = load_diffusers_component(source, "unet", "UNet2DConditionModel", dtype)
-        vae = load_diffusers_component(source, "vae", "AutoencoderKL", dtype)
-    else:
-        unet_sd, vae_sd, _ = LC.split_ldm_checkpoint(load_state_dict_file(source.path))
-        if not unet_sd or not vae_sd:
-            raise LC.ConversionError(f"{source.path} is not an ldm checkpoint with UNet and VAE weights.")
-        unet, vae = unet_from_ldm(unet_sd), vae_from_ldm(vae_sd)
-    return move(unet, dtype=dtype), move(vae, dtype=dtype)
+SD_WEIGHTS = register_weights(WeightsRecipe(
+    name="stable-diffusion",
+    what="Stable Diffusion 2.1",
+    parts=(
+        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_SD21_UNET)),
+        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
+    ),
+    from_checkpoint=lambda state, options: parts_from_ldm_checkpoint(state),
+    pipeline_class="StableDiffusionPipeline",
+))
 
 
 @register("stable-diffusion-guidance")
@@ -79,47 +54,38 @@ class StableDiffusionGuidance(LatentDiffusionGuidance):
         """Condition each view on its direction's prompt (needs view-dependent embeddings)."""
 
     cfg: Config
+    weights = SD_WEIGHTS
+    condition_type = PromptEmbeddings
+    condition_hint = "Set system.prompt_processor_type (view-dependent-prompt-processor for view prompts)."
 
-    def load_networks(self) -> None:
-        self.unet, self.vae = load_sd_networks(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
-
-    def networks(self) -> Dict[str, nn.Module]:
-        return {"unet": self.unet, "vae": self.vae}
-
-    def _unet(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        reps = text.shape[0] // x_t.shape[0]
-        return self.unet(
-            x_t.repeat(reps, 1, 1, 1).to(self.weights_dtype), t.repeat(reps).to(self.device),
-            encoder_hidden_states=text.to(self.device, self.weights_dtype),
-        ).sample.float()
-
-    def __call__(self, rgb: Tensor, condition: Any, *, elevation: Tensor = None, azimuth: Tensor = None,
-                 rgb_as_latents: bool = False, **kwargs: Any) -> Dict[str, Tensor]:
-        """``loss_sds`` for renders ``[B, H, W, 3]`` at cameras ``elevation``/``azimuth`` (deg)."""
-        if not hasattr(condition, "get_text_embeddings"):
-            raise ConfigError("stable-diffusion-guidance needs text embeddings: set system.prompt_processor_type.")
+    def guide(self, rgb: Tensor, condition: PromptEmbeddings, cameras: Cameras,
+              rgb_as_latents: bool = False) -> Dict[str, Tensor]:
+        """``loss_sds`` for renders ``[B, H, W, 3]``, each view prompted by its camera's direction."""
         batch = rgb.shape[0]
-        self.ensure_device(rgb.device)
-        latents = self.latents_from_rgb_as_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
-        vd = self.cfg.view_dependent_prompting and hasattr(condition, "get_text_embeddings_vd") and azimuth is not None
+        latents = self.to_latents(rgb, rgb_as_latents)
+        view_dependent = isinstance(condition, ViewDependentEmbeddings)
+        scale = self.cfg.guidance_scale
         if self.cfg.use_perp_neg:
-            if not hasattr(condition, "get_text_embeddings_perp_neg") or azimuth is None:
+            if not view_dependent:
                 raise ConfigError("use_perp_neg needs system.prompt_processor_type: view-dependent-prompt-processor.")
-            text, weights = condition.get_text_embeddings_perp_neg(elevation, azimuth, self.device, self.weights_dtype)
+            text, weights = condition.get_text_embeddings_perp_neg(
+                cameras.elevation, cameras.azimuth, self.device, self.weights_dtype)
+            pos, unc, negs = text[:batch], text[batch:2 * batch], text[2 * batch:]
+            branches = [UNetBranch(pos), UNetBranch(unc), UNetBranch(negs[0::2]), UNetBranch(negs[1::2])]
 
-            def predict(x_t: Tensor, t: Tensor) -> Tensor:
-                eps = self._unet(x_t, t, text)
-                pos, unc, negs = eps[:batch], eps[batch:2 * batch], eps[2 * batch:]
-                negs = torch.stack([negs[0::2], negs[1::2]], 1)  # view-major pairs -> [B, 2, ...]
-                return D.perp_neg_guidance(unc, pos, negs, weights.to(eps), self.cfg.guidance_scale)
+            def predict(x_t: Tensor, t: Tensor):
+                eps_pos, eps_unc, eps_neg0, eps_neg1 = self.unet_branches(x_t, t, branches)
+                negatives = torch.stack([eps_neg0, eps_neg1], 1)
+                return D.perp_neg_guidance(eps_unc, eps_pos, negatives, weights.to(eps_pos), scale), eps_pos
         else:
-            if vd:
-                text = condition.get_text_embeddings_vd(elevation, azimuth, self.device, self.weights_dtype)
+            if self.cfg.view_dependent_prompting and view_dependent:
+                text = condition.get_text_embeddings_vd(cameras.elevation, cameras.azimuth, self.device, self.weights_dtype)
             else:
                 text = condition.get_text_embeddings(batch, device=self.device, dtype=self.weights_dtype)
+            cond, uncond = text.chunk(2)
 
-            def predict(x_t: Tensor, t: Tensor) -> Tensor:
-                eps_cond, eps_uncond = self._unet(x_t, t, text).chunk(2)
-                return D.classifier_free_guidance(eps_uncond, eps_cond, self.cfg.guidance_scale)
+            def predict(x_t: Tensor, t: Tensor):
+                eps_cond, eps_uncond = self.unet_branches(x_t, t, [UNetBranch(cond), UNetBranch(uncond)])
+                return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
 
-        return self.sds(latents, predict)
+        return self.distil(latents, predict)

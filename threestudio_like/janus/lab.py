@@ -1,11 +1,11 @@
 """The reference-object lab: Janus and its cures reproduced with a known answer, on CPU.
 
 The bundled reference object (face at +x, tail at -x, front/back halves in different colours;
-:mod:`threestudio_like.guidance.reference_object`) is unrolled into its *turntable texture*: the
+:mod:`threestudio_like.reference.object`) is unrolled into its *turntable texture*: the
 colour of the first surface hit by horizontal rays cast towards the vertical axis, for ``n_azimuth``
 azimuths x ``rows`` heights. A camera at azimuth ``a`` sees a ``window_deg`` window of that
 texture centred on ``a``. The learned object is such a texture, distilled by SDS from the
-reference-object prior in one of its modes (:mod:`.modes`) with classifier-free guidance, exact
+reference-object prior in one of its modes (:mod:`threestudio_like.reference.modes`) with classifier-free guidance, exact
 posterior means and an annealed timestep range; the result is measured exactly and
 rotation-invariantly against the true turntable (:mod:`.measures`).
 
@@ -24,7 +24,8 @@ from torch import Tensor
 from threestudio_like.base import BaseObject
 from threestudio_like.config import parse_structured
 from threestudio_like.guidance.base import BaseGuidance
-from threestudio_like.janus import modes as M
+from threestudio_like.reference import modes as M
+from threestudio_like.reference.object import ReferenceObjectGeometry
 from threestudio_like.janus.measures import janus_measures
 
 
@@ -32,8 +33,6 @@ from threestudio_like.janus.measures import janus_measures
 def reference_texture(n_azimuth: int = 36, rows: int = 6, z_range=(-0.35, 0.55), iters: int = 96) -> Tensor:
     """``[n_azimuth, rows, 3]`` colours in [0, 1] of the reference object around the z axis
     (sphere tracing of its analytic SDF; white where a ray misses)."""
-    from threestudio_like.guidance.reference_object import ReferenceObjectGeometry
-
     geo = ReferenceObjectGeometry({})
     az = torch.arange(n_azimuth, dtype=torch.float32) * (2 * torch.pi / n_azimuth)
     z = torch.linspace(z_range[0], z_range[1], rows)
@@ -82,7 +81,7 @@ class TurntableLabPrior(BaseGuidance):
 
     @dataclass
     class Config(BaseGuidance.Config):
-        mode: str = "unconditioned"
+        mode: M.Mode = "unconditioned"
         """unconditioned | view-binned | camera-conditioned | multi-view-joint."""
         kappa: float = 2.0
         """Concentration of the front-biased von Mises view distribution of the data."""
@@ -90,10 +89,6 @@ class TurntableLabPrior(BaseGuidance):
         """Views per joint set (multi-view-joint): 360/n_view degrees apart."""
 
     cfg: Config
-
-    def configure(self) -> None:
-        super().configure()
-        M.check_mode(self.cfg.mode)
 
     def set_data(self, ours: Tensor, others: Tensor) -> None:
         """``ours`` ``[N, ...]`` true views at N uniform azimuths; ``others`` ``[O, N, ...]``."""
@@ -103,7 +98,7 @@ class TurntableLabPrior(BaseGuidance):
         everyone = torch.cat([ours[None], others], 0)  # uniform views of every object
         self.uncond = M.unconditional_candidates(self.cfg.mode, everyone, self.cfg.n_view)
 
-    def __call__(self, views: Tensor, azimuth_deg: Tensor, generator=None) -> Dict[str, Tensor]:
+    def score(self, views: Tensor, azimuth_deg: Tensor, generator=None) -> Dict[str, Tensor]:
         """SDS on ``views`` ``[B, ...]`` (in [-1, 1]) at ``azimuth_deg`` ``[B]``; for
         multi-view-joint, B = groups x n_view with each group's views 360/n_view apart."""
         c = self.cfg
@@ -184,7 +179,7 @@ class TurntableLab:
             else:
                 idx = torch.randint(0, n, (c.batch_size,), generator=g)
             views = turntable_views(tex, self.window, idx)
-            out = prior(views, idx.float() * 360.0 / n, generator=g)
+            out = prior.score(views, idx.float() * 360.0 / n, generator=g)
             opt.zero_grad()
             out["loss_sds"].backward()
             opt.step()

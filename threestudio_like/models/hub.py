@@ -41,13 +41,9 @@ class OriginalCheckpoint:
     """``--convert`` kind that turns it into a diffusers folder."""
 
 
-# Hugging Face repos whose id alone means "this one file" (extend for new priors).
-ORIGINAL_CHECKPOINTS: Dict[str, OriginalCheckpoint] = {
-    "MVDream/MVDream": OriginalCheckpoint(
-        "sd-v2.1-base-4view.pt", "MVDream (SD2.1-base, 4 views)", "mvdream"
-    ),
-}
-
+ORIGINAL_CHECKPOINTS: Dict[str, OriginalCheckpoint] = {}
+"""Hugging Face repos whose id alone means "this one file"; filled by the priors' weight recipes
+(:func:`threestudio_like.models.loader.register_weights`)."""
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,2 @@
-"""Condition processors (text prompts -> embeddings). Recipes with text priors add theirs here."""
-from threestudio_like.prompt import stable_diffusion  # noqa: F401  (registers prompt processors)
-from threestudio_like.prompt import view_dependent  # noqa: F401,E402
+"""Condition processors (text prompts -> embeddings) for text-conditioned priors; found by the
+registry (``stable-diffusion-prompt-processor``, ``view-dependent-prompt-processor``)."""

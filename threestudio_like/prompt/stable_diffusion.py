@@ -21,31 +21,17 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseObject
-from threestudio_like.guidance.weights import (
-    TINY_RANDOM,
-    MissingWeightsError,
-    WeightsSource,
-    has_component,
-    hf_cache_dir,
-    load_state_dict_file,
-    missing_weights_error,
-    resolve_weights,
-    sub_state_dict,
-)
+from threestudio_like.errors import MissingWeightsError
+from threestudio_like.models.builders import text_encoder_from_open_clip, tiny_text_encoder
+from threestudio_like.models.hub import (TINY_RANDOM, WeightsSource, has_component, hf_cache_dir,
+                                         missing_weights_error, resolve_weights)
+from threestudio_like.models.ldm_convert import OPEN_CLIP_PREFIX
+from threestudio_like.models.checkpoints import sub_state_dict
+from threestudio_like.models.loader import Part, WeightsRecipe, load_model
 
 # Tried in this order when neither the config nor the weights folder names a tokenizer.
 DEFAULT_TOKENIZER_REPOS = ("stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1")
 MAX_LENGTH = 77
-# A toy CLIP text encoder matching the toy UNets (cross-attention width 32).
-TINY_TEXT_ENCODER: Dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": MAX_LENGTH,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-5,
-}
 _TINY_KEY = "tiny-random-clip-v1"
 
 
@@ -126,42 +112,31 @@ def load_tokenizer(source: WeightsSource, tokenizer_name_or_path: Optional[str] 
 # text encoders
 
 
-def tiny_text_encoder(vocab_size: int, seed: int = 0) -> Any:
-    """A toy ``CLIPTextModel`` (cross-attention width 32), deterministic for ``seed``."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from threestudio_like.guidance.latent_diffusion import seeded
-
-    config = CLIPTextConfig(
-        vocab_size=vocab_size, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0,
-        **TINY_TEXT_ENCODER,
-    )
-    with seeded(seed):
-        return CLIPTextModel(config)
-
-
-def load_text_encoder(source: WeightsSource, vocab_size: int) -> Any:
-    """The text encoder (fp32, CPU) of a resolved weights source."""
-    from threestudio_like.guidance.latent_diffusion import quiet_progress_bars
-
-    quiet_progress_bars()
-    if source.kind == TINY_RANDOM:
-        return tiny_text_encoder(vocab_size)
-    if source.kind == "diffusers":
-        from transformers import CLIPTextModel
-
-        return CLIPTextModel.from_pretrained(source.path, subfolder="text_encoder", torch_dtype=torch.float32)
-    from threestudio_like.guidance.ldm_convert import OPEN_CLIP_PREFIX
-    from threestudio_like.guidance.latent_diffusion import text_encoder_from_open_clip
-
-    text_sd = sub_state_dict(load_state_dict_file(source.path), OPEN_CLIP_PREFIX)
+def _text_encoder_from_ldm(state: Dict[str, Tensor], options: Dict[str, Any]) -> Dict[str, Any]:
+    text_sd = sub_state_dict(state, OPEN_CLIP_PREFIX)
     if not text_sd:
         raise MissingWeightsError(
-            f"{source.path} has no OpenCLIP text tower ('{OPEN_CLIP_PREFIX}*' keys). Point "
+            f"the checkpoint has no OpenCLIP text tower ('{OPEN_CLIP_PREFIX}*' keys). Point "
             f"system.prompt_processor.pretrained_model_name_or_path at weights with a text encoder "
             f"(e.g. stabilityai/stable-diffusion-2-1-base or a folder written by --convert)."
         )
-    return text_encoder_from_open_clip({k: v.float() for k, v in text_sd.items()})
+    return {"text_encoder": text_encoder_from_open_clip({k: v.float() for k, v in text_sd.items()})}
+
+
+TEXT_ENCODER_WEIGHTS = WeightsRecipe(
+    name="clip-text-encoder",
+    what="the text encoder",
+    parts=(Part("text_encoder", "transformers.CLIPTextModel", lambda o: tiny_text_encoder(o["vocab_size"])),),
+    from_checkpoint=_text_encoder_from_ldm,
+)
+"""The CLIP text encoder of SD-family weights: a diffusers ``text_encoder/``, the OpenCLIP tower of
+an original checkpoint (SD2.x, MVDream), or a toy one (fp32, CPU)."""
+
+
+def load_text_encoder(name_or_path: str, vocab_size: int) -> Any:
+    """The text encoder of ``name_or_path`` (fp32, CPU); ``vocab_size`` sizes a toy one."""
+    return load_model(TEXT_ENCODER_WEIGHTS, name_or_path, key="system.prompt_processor.pretrained_model_name_or_path",
+                      vocab_size=vocab_size)["text_encoder"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,7 +236,7 @@ class StableDiffusionPromptProcessor(BaseObject):
         """Embeddings ``[N, L, D]`` (fp32, CPU) of ``prompts``, computed with the text encoder."""
         source = self.source
         tokenizer, _ = load_tokenizer(source, self.cfg.tokenizer_name_or_path)
-        encoder = load_text_encoder(source, len(tokenizer))
+        encoder = load_text_encoder(self.cfg.pretrained_model_name_or_path, len(tokenizer))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         encoder.to(device).eval()
         tokens = tokenizer(

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from threestudio_like import find
 from threestudio_like.base import Updateable
+from threestudio_like.cameras import Cameras
 from threestudio_like.config import ConfigError, parse_structured, schedule_value
 from threestudio_like.errors import NonFiniteLossError
 from threestudio_like.run_status import RunStatus
@@ -87,6 +88,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         )
         self.exporter = find(cfg.exporter_type)(cfg.exporter) if cfg.exporter_type else None
         self._check_loss_weights()
+        # the frozen prior is built on first use, but its config is checked now, before any work
+        for part in ("guidance", "prompt_processor"):
+            part_type = getattr(cfg, f"{part}_type")
+            if part_type:
+                parse_structured(find(part_type).Config, getattr(cfg, part), where=f"system.{part}")
 
     @property
     def guidance(self) -> Any:
@@ -160,6 +166,17 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         # Guidance and datamodule are ticked explicitly in _update_all.
         for part in (self.geometry, self.material, self.background, self.renderer):
             yield part
+
+    def cameras(self, batch: Dict[str, Any]) -> Cameras:
+        """The cameras of a batch (or view dict) as the guidance takes them."""
+        return Cameras.from_batch(batch)
+
+    def log_diagnostics(self, guidance_out: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Log the guidance's scalar diagnostics (timestep, grad norm ...); return its loss terms."""
+        for name, value in guidance_out.items():
+            if not name.startswith("loss_") and torch.is_tensor(value) and value.numel() == 1:
+                self.log(f"train/{name}", value.detach().float(), on_step=True)
+        return {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
 
     # ---------------------------------------------------------------- losses
     def combine_losses(self, terms: Dict[str, Tensor]) -> Tensor:

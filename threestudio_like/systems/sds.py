@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
 from torch import Tensor
 
 from threestudio_like import register
@@ -16,10 +15,6 @@ class SDSSystem(BaseLift3DSystem):
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
         out = self.renderer(**batch)
-        guidance_out = self.guidance(out["comp_rgb"], self.condition, **batch)
-        terms = {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
+        terms = self.log_diagnostics(self.guidance(out["comp_rgb"], self.condition, self.cameras(batch)))
         terms.update(self.regularisers(out))
-        for name, value in guidance_out.items():
-            if not name.startswith("loss_") and torch.is_tensor(value) and value.numel() == 1:
-                self.log(f"train/{name}", value.detach().float(), on_step=True)
         return self.combine_losses(terms)

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like import register
-from threestudio_like.config import ConfigError
 from threestudio_like.data.random_camera import make_batch
+from threestudio_like.errors import ConfigError
+from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance
 from threestudio_like.systems import losses as L
 from threestudio_like.systems.base import BaseLift3DSystem
 
@@ -45,15 +46,15 @@ class ImageConditionedSystem(BaseLift3DSystem):
         self._condition_ready = False
 
     def image_condition(self, batch: Dict[str, Any]) -> Any:
-        """The guidance's condition for the batch's input image (built once, then cached)."""
+        """The guidance's condition for the batch's input image(s) (built once, then cached);
+        None for priors that need none (the reference object)."""
         if not self._condition_ready:
-            prepare = getattr(self.guidance, "prepare_condition", None)
-            if prepare is not None:
+            if self.guidance.conditioned_on_images:
                 if "cond_rgb" not in batch:
                     raise ConfigError(
                         f"{self.cfg.guidance_type} is conditioned on an image: use data_type: single-image-datamodule."
                     )
-                self._image_condition = prepare(batch["cond_rgb"], batch["c2w"])
+                self._image_condition = self.guidance.prepare_condition(batch["cond_rgb"], batch["c2w"])
             self._condition_ready = True
         return self._image_condition
 
@@ -64,13 +65,6 @@ class ImageConditionedSystem(BaseLift3DSystem):
     def weight_on(self, name: str) -> bool:
         """Whether ``lambda_<name>`` is currently non-zero."""
         return self.C(self.cfg.loss.get(f"lambda_{name}", 0)) > 0
-
-    def log_diagnostics(self, guidance_out: Dict[str, Any]) -> Dict[str, Tensor]:
-        """Log the guidance's scalar diagnostics; return its loss terms."""
-        for name, value in guidance_out.items():
-            if not name.startswith("loss_") and torch.is_tensor(value) and value.numel() == 1:
-                self.log(f"train/{name}", value.detach().float(), on_step=True)
-        return {k: v for k, v in guidance_out.items() if k.startswith("loss_")}
 
 
 @register("zero123-sjc-system")
@@ -97,7 +91,7 @@ class Zero123SJCSystem(ImageConditionedSystem):
         """Latent renders: the white-image latent behind the object (3drec), as features in [0, 1]."""
         if not self.cfg.render_latents:
             return None
-        if not hasattr(self.guidance, "white_latents"):
+        if not isinstance(self.guidance, LatentDiffusionGuidance):
             raise ConfigError(
                 f"render_latents needs a latent-diffusion guidance; {self.cfg.guidance_type} works on RGB: "
                 f"set system.render_latents=false."
@@ -157,7 +151,8 @@ class Zero123SJCSystem(ImageConditionedSystem):
 
         views = batch["random_camera"]
         out = self.render_view(views)
-        guidance_out = self.guidance(out["comp_rgb"], condition, **views, rgb_as_latents=self.cfg.render_latents)
+        guidance_out = self.guidance(out["comp_rgb"], condition, self.cameras(views),
+                                     rgb_as_latents=self.cfg.render_latents)
         terms.update(self.log_diagnostics(guidance_out))
         if self.weight_on("near_view"):
             near = self.render_view(self.near_views(views))
@@ -224,7 +219,7 @@ class Zero123System(ImageConditionedSystem):
             views = batch["random_camera"]
             ambient = self.cfg.ambient_ratio_min + (1.0 - self.cfg.ambient_ratio_min) * random.random()
             out = self.render(views, ambient_ratio=ambient)
-            guidance_out = self.guidance(out["comp_rgb"], self.image_condition(batch), **views, rgb_as_latents=False)
+            guidance_out = self.guidance(out["comp_rgb"], self.image_condition(batch), self.cameras(views))
             add(self.log_diagnostics(guidance_out))
             add(self.view_regularisers(out, reference=False))
 

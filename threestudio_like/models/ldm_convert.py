@@ -1,15 +1,14 @@
 """Original latent-diffusion ("ldm", CompVis/Stability layout) -> diffusers/transformers keys.
 
-Three converters, each a pure function from an ldm state dict (prefix already stripped) to the
-state dict of the stock model, plus the inference of that model's config from tensor shapes:
+Pure functions from an ldm state dict (prefix already stripped) to the state dict of the stock
+model, plus the inference of that model's config from tensor shapes (the CLIP towers are in
+:mod:`.clip_convert`):
 
 * UNet (``openaimodel.UNetModel`` and MVDream's ``MultiViewUNetModel``) ->
   ``diffusers.UNet2DConditionModel``. MVDream's camera MLP ``camera_embed.{0,2}`` becomes the
   projection class embedding ``class_embedding.linear_{1,2}``.
 * KL autoencoder (``first_stage_model``) -> ``diffusers.AutoencoderKL``.
-* OpenCLIP text tower (``cond_stage_model.model``, SD2.x) -> ``transformers.CLIPTextModel``;
-  SD2 uses the penultimate layer's output followed by ``ln_final``, which is a
-  ``CLIPTextModel`` with the last residual block dropped.
+* EMA weights of ldm training checkpoints (``LitEma`` shadows) copied over the model weights.
 
 Every converter fails loudly on keys it does not understand, so a layout change can never
 silently drop weights. Attention head counts cannot be read from shapes; they come from
@@ -20,8 +19,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor
+
+from threestudio_like.errors import ConversionError
 
 StateDict = Dict[str, Tensor]
 
@@ -30,16 +30,14 @@ VAE_PREFIX = "first_stage_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 
-from threestudio_like.errors import ConversionError  # noqa: E402  (raised by every converter)
-
-
-def _indices(keys: List[str], pattern: str) -> List[int]:
+def key_indices(keys: List[str], pattern: str) -> List[int]:
     """Sorted distinct integers captured by ``pattern`` (one group) over ``keys``."""
     rx = re.compile(pattern)
     return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
 
 
-def _check_all_used(state_dict: StateDict, used: set, what: str) -> None:
+def check_all_used(state_dict: StateDict, used: set, what: str) -> None:
+    """Fail loudly on keys a converter did not map (a layout change must never drop weights)."""
     left = sorted(set(state_dict) - used)
     if left:
         more = f" (+{len(left) - 8} more)" if len(left) > 8 else ""
@@ -71,8 +69,8 @@ def infer_ldm_unet_config(
         raise ConversionError("Not an ldm UNet state dict: 'input_blocks.0.0.weight' is missing.")
     conv_in = unet["input_blocks.0.0.weight"]
     model_channels, in_channels = conv_in.shape[0], conv_in.shape[1]
-    downsample_ids = _indices(keys, r"input_blocks\.(\d+)\.0\.op\.weight")
-    n_inputs = len(_indices(keys, r"input_blocks\.(\d+)\."))
+    downsample_ids = key_indices(keys, r"input_blocks\.(\d+)\.0\.op\.weight")
+    n_inputs = len(key_indices(keys, r"input_blocks\.(\d+)\."))
     n_levels = len(downsample_ids) + 1
     num_res_blocks = (n_inputs - 1 - len(downsample_ids)) // n_levels
     channel_mult, attention = [], []
@@ -85,7 +83,7 @@ def infer_ldm_unet_config(
     attn2 = [k for k in keys if k.endswith("attn2.to_k.weight")]
     context_dim = unet[attn2[0]].shape[1] if attn2 else None
     proj_in = [k for k in keys if k.endswith("proj_in.weight")]
-    depth = len(_indices(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\.")) or 1
+    depth = len(key_indices(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\.")) or 1
     cfg: Dict[str, Any] = {
         "in_channels": in_channels,
         "out_channels": unet["out.2.weight"].shape[0],
@@ -165,7 +163,7 @@ def convert_ldm_unet(unet: StateDict, num_res_blocks: int) -> StateDict:
     take("out.2", "conv_out")
 
     keys = list(unet)
-    downsample_ids = _indices(keys, r"input_blocks\.(\d+)\.0\.op\.weight")
+    downsample_ids = key_indices(keys, r"input_blocks\.(\d+)\.0\.op\.weight")
     n_levels = len(downsample_ids) + 1
     index = 1
     for level in range(n_levels):
@@ -192,7 +190,7 @@ def convert_ldm_unet(unet: StateDict, num_res_blocks: int) -> StateDict:
             if r == num_res_blocks and up < n_levels - 1:
                 take(upsample, f"up_blocks.{up}.upsamplers.0.conv")
             index += 1
-    _check_all_used(unet, used, "UNet")
+    check_all_used(unet, used, "UNet")
     return out
 
 
@@ -208,12 +206,12 @@ def infer_ldm_vae_config(vae: StateDict) -> Dict[str, Any]:
     if "encoder.conv_in.weight" not in vae:
         raise ConversionError("Not an ldm VAE state dict: 'encoder.conv_in.weight' is missing.")
     ch = vae["encoder.conv_in.weight"].shape[0]
-    levels = _indices(keys, r"encoder\.down\.(\d+)\.")
+    levels = key_indices(keys, r"encoder\.down\.(\d+)\.")
     mult = [vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in levels]
     return {
         "ch": ch,
         "ch_mult": mult,
-        "num_res_blocks": len(_indices(keys, r"encoder\.down\.0\.block\.(\d+)\.")),
+        "num_res_blocks": len(key_indices(keys, r"encoder\.down\.0\.block\.(\d+)\.")),
         "in_channels": vae["encoder.conv_in.weight"].shape[1],
         "out_ch": vae["decoder.conv_out.weight"].shape[0],
         "z_channels": vae["post_quant_conv.weight"].shape[1],
@@ -244,7 +242,7 @@ def convert_ldm_vae(vae: StateDict) -> StateDict:
     out: StateDict = {}
     used: set = set()
     keys = list(vae)
-    n_levels = len(_indices(keys, r"encoder\.down\.(\d+)\."))
+    n_levels = len(key_indices(keys, r"encoder\.down\.(\d+)\."))
     for key, value in vae.items():
         if key.startswith("loss."):  # training-only discriminator/LPIPS weights
             used.add(key)
@@ -256,7 +254,7 @@ def convert_ldm_vae(vae: StateDict) -> StateDict:
             value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
         used.add(key)
-    _check_all_used(vae, used, "VAE")
+    check_all_used(vae, used, "VAE")
     return out
 
 
@@ -288,95 +286,12 @@ def _vae_key(key: str, n_levels: int) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------------------------------
-# OpenCLIP text tower
-
-_OPEN_CLIP_IGNORED = ("text_projection", "logit_scale", "attn_mask")
-_OPEN_CLIP_BLOCK = {
-    "ln_1": "layer_norm1",
-    "ln_2": "layer_norm2",
-    "attn.out_proj": "self_attn.out_proj",
-    "mlp.c_fc": "mlp.fc1",
-    "mlp.c_proj": "mlp.fc2",
-}
-
-
-def infer_open_clip_text_config(
-    text: StateDict, penultimate: bool = True, head_width: int = 64
-) -> Dict[str, Any]:
-    """``CLIPTextConfig`` keyword arguments for an OpenCLIP text tower (SD2: penultimate)."""
-    if "token_embedding.weight" not in text:
-        raise ConversionError("Not an OpenCLIP text tower: 'token_embedding.weight' is missing.")
-    vocab, width = text["token_embedding.weight"].shape
-    layers = len(_indices(list(text), r"transformer\.resblocks\.(\d+)\."))
-    return {
-        "vocab_size": vocab,
-        "hidden_size": width,
-        "intermediate_size": text["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        "num_hidden_layers": layers - 1 if penultimate else layers,
-        "num_attention_heads": max(width // head_width, 1),
-        "max_position_embeddings": text["positional_embedding"].shape[0],
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-5,
-        "projection_dim": text["text_projection"].shape[1] if "text_projection" in text else width,
-        # OpenCLIP's tokenizer: <start_of_text> 49406, <end_of_text> 49407, padding with id 0
-        "bos_token_id": vocab - 2,
-        "eos_token_id": vocab - 1,
-        "pad_token_id": 0,
-    }
-
-
-def convert_open_clip_text(text: StateDict, num_layers: Optional[int] = None) -> StateDict:
-    """OpenCLIP text keys (prefix stripped) -> ``CLIPTextModel`` keys relative to its text
-    transformer (``embeddings.*``, ``encoder.layers.*``, ``final_layer_norm.*``; transformers 4
-    nests them under ``text_model.``).
-
-    Residual blocks from ``num_layers`` on are dropped (SD2 reads the penultimate layer).
-    """
-    out: StateDict = {}
-    used: set = set()
-    for key, value in text.items():
-        if key in _OPEN_CLIP_IGNORED:
-            used.add(key)
-            continue
-        if key == "token_embedding.weight":
-            out["embeddings.token_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["embeddings.position_embedding.weight"] = value
-        elif key.startswith("ln_final."):
-            out["final_layer_norm." + key.split(".", 1)[1]] = value
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
-            layer, kind = int(m.group(1)), m.group(2)
-            if num_layers is None or layer < num_layers:
-                prefix = f"encoder.layers.{layer}.self_attn"
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                    out[f"{prefix}.{name}.{kind}"] = part.clone()
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", key):
-            layer, name, kind = int(m.group(1)), m.group(2), m.group(3)
-            if name not in _OPEN_CLIP_BLOCK:
-                continue
-            if num_layers is None or layer < num_layers:
-                out[f"encoder.layers.{layer}.{_OPEN_CLIP_BLOCK[name]}.{kind}"] = value
-        else:
-            continue
-        used.add(key)
-    _check_all_used(text, used, "OpenCLIP text")
-    return out
-
-
 def split_ldm_checkpoint(state_dict: StateDict) -> Tuple[StateDict, StateDict, StateDict]:
     """``(unet, vae, open_clip_text)`` parts of a full ldm checkpoint, prefixes stripped."""
     parts = []
     for prefix in (UNET_PREFIX, VAE_PREFIX, OPEN_CLIP_PREFIX):
         parts.append({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
     return parts[0], parts[1], parts[2]
-
-
-def to_dtype(state_dict: StateDict, dtype: Optional[torch.dtype]) -> StateDict:
-    """Floating tensors cast to ``dtype`` (None: unchanged)."""
-    if dtype is None:
-        return state_dict
-    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -451,71 +366,3 @@ def copy_ldm_ema(
         if report is not None:
             report(f"note: {message}")
     return out, len(used)
-
-
-# ------------------------------------------------------------------------------------------
-# OpenAI CLIP image tower (``clip.load('ViT-L/14')``, Zero-1-to-3's image embedder)
-
-OPENAI_CLIP_VISUAL_PREFIX = "visual."
-_CLIP_VISUAL_BLOCK = {
-    "ln_1": "layer_norm1",
-    "ln_2": "layer_norm2",
-    "attn.out_proj": "self_attn.out_proj",
-    "mlp.c_fc": "mlp.fc1",
-    "mlp.c_proj": "mlp.fc2",
-}
-
-
-def infer_openai_clip_visual_config(visual: StateDict, head_width: int = 64) -> Dict[str, Any]:
-    """``CLIPVisionConfig`` keyword arguments for an OpenAI CLIP ViT image tower (``visual.``
-    prefix stripped); OpenAI's ViTs use QuickGELU and 64-wide heads."""
-    if "conv1.weight" not in visual or "proj" not in visual:
-        raise ConversionError("Not an OpenAI CLIP image tower: 'conv1.weight' or 'proj' is missing.")
-    width, _, patch, _ = visual["conv1.weight"].shape
-    grid = int(round((visual["positional_embedding"].shape[0] - 1) ** 0.5))
-    return {
-        "hidden_size": width,
-        "intermediate_size": visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        "num_hidden_layers": len(_indices(list(visual), r"transformer\.resblocks\.(\d+)\.")),
-        "num_attention_heads": max(width // head_width, 1),
-        "image_size": grid * patch,
-        "patch_size": patch,
-        "projection_dim": visual["proj"].shape[1],
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-    }
-
-
-def convert_openai_clip_visual(visual: StateDict) -> StateDict:
-    """OpenAI CLIP image-tower keys (``visual.`` stripped) -> ``CLIPVisionModelWithProjection``
-    keys. The projection ``proj`` ``[width, dim]`` becomes ``visual_projection.weight`` (its
-    transpose); fused attention ``in_proj`` weights are split into q, k, v."""
-    out: StateDict = {}
-    used: set = set()
-    simple = {
-        "class_embedding": "vision_model.embeddings.class_embedding",
-        "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "ln_pre.weight": "vision_model.pre_layrnorm.weight",
-        "ln_pre.bias": "vision_model.pre_layrnorm.bias",
-        "ln_post.weight": "vision_model.post_layernorm.weight",
-        "ln_post.bias": "vision_model.post_layernorm.bias",
-    }
-    for key, value in visual.items():
-        if key in simple:
-            out[simple[key]] = value
-        elif key == "proj":
-            out["visual_projection.weight"] = value.t().contiguous()
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
-            prefix = f"vision_model.encoder.layers.{m.group(1)}.self_attn"
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"{prefix}.{name}.{m.group(2)}"] = part.clone()
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", key):
-            if m.group(2) not in _CLIP_VISUAL_BLOCK:
-                continue
-            out[f"vision_model.encoder.layers.{m.group(1)}.{_CLIP_VISUAL_BLOCK[m.group(2)]}.{m.group(3)}"] = value
-        else:
-            continue
-        used.add(key)
-    _check_all_used(visual, used, "OpenAI CLIP image tower")
-    return out

@@ -16,7 +16,7 @@ The unconditional branch of classifier-free guidance is the exact denoiser over 
 other objects (uniform azimuths) plus ours, combined with the conditional one by
 :func:`~threestudio_like.guidance.distillation.classifier_free_guidance`.
 
-Both the 1-D lab (:mod:`.lab`) and the 3-D prior
+Both the 1-D lab (:mod:`threestudio_like.janus.lab`) and the 3-D prior
 (:class:`~threestudio_like.guidance.reference_object.ReferenceObjectGuidance`) build their
 candidates with :func:`conditional_candidates` / :func:`unconditional_candidates` and predict
 noise with :func:`guided_noise`; they differ only in what a "view" is (a window of the turntable
@@ -25,12 +25,16 @@ texture or a render).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple, get_args
 
 import torch
 from torch import Tensor
 
-MODES = ("unconditioned", "view-binned", "camera-conditioned", "multi-view-joint")
+from threestudio_like.errors import ConfigError
+from threestudio_like.guidance import distillation as D
+
+Mode = Literal["unconditioned", "view-binned", "camera-conditioned", "multi-view-joint"]
+MODES: Tuple[str, ...] = get_args(Mode)
 FRONT_THRESHOLD_DEG = 45.0
 BACK_THRESHOLD_DEG = 45.0
 
@@ -73,7 +77,7 @@ def conditional_log_prior(mode: str, query_az: Tensor, bank_az: Tensor, kappa: f
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"Unknown mode '{mode}'; choose one of {', '.join(MODES)}.")
+        raise ConfigError(f"Unknown mode '{mode}'; choose one of {', '.join(MODES)}.")
 
 
 def joint_sets(views: Tensor, n_view: int = 4) -> Tensor:
@@ -142,9 +146,6 @@ def guided_noise(
     """The noise prediction of the exact denoisers: ``cond = (data, log_prior)`` and the
     unconditional data, combined by CFG with ``scale`` (the unconditional branch is skipped at
     ``scale == 1``)."""
-    # imported here: the guidance package imports this module (reference-object prior)
-    from threestudio_like.guidance import distillation as D
-
     alpha, sigma = D.alpha_sigma(alphas_cumprod, t, x_t)
     x0_c = D.exact_posterior_mean(x_t, alpha, sigma, cond[0], cond[1])
     eps_c = D.eps_from_x0(x_t, x0_c, t, alphas_cumprod)

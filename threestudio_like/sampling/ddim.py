@@ -1,0 +1,34 @@
+"""DDIM sampling from pure noise with a guided noise predictor (the ``--sample`` loop)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from threestudio_like.models.builders import make_ddim_scheduler
+
+
+@torch.no_grad()
+def ddim_sample(
+    predict_noise: Callable[[Tensor, Tensor], Tensor],
+    shape: Sequence[int],
+    num_train_timesteps: int = 1000,
+    num_inference_steps: int = 50,
+    device: Optional[torch.device] = None,
+    generator: Optional[torch.Generator] = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """Latents ``shape`` denoised by DDIM; ``predict_noise(x_t, t[B])`` returns the guided noise.
+
+    The initial noise comes from ``generator`` (on CPU, so a seed gives the same samples on every
+    device); DDIM's eta noise from the global generator.
+    """
+    scheduler = make_ddim_scheduler(num_train_timesteps)
+    scheduler.set_timesteps(num_inference_steps)
+    latents = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
+    for t in scheduler.timesteps:
+        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        eps = predict_noise(latents, t_batch).float()
+        latents = scheduler.step(eps, t, latents, eta=eta).prev_sample
+    return latents
