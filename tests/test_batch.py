@@ -23,10 +23,11 @@ import pytest
 import torch
 import yaml
 
-from threestudio_like.batch import runner as batch_runner
 from threestudio_like.batch.gallery import read_final_loss
 from threestudio_like.batch.jobs import JobFileError, load_job_file
-from threestudio_like.batch.runner import LocalLauncher, Runner, classify, oom_overrides, retry_delay
+from threestudio_like.batch.local import LocalLauncher, alive
+from threestudio_like.batch.outcome import classify, oom_overrides, retry_delay, with_resume
+from threestudio_like.batch.runner import Runner
 from threestudio_like.batch.state import BatchLock
 from threestudio_like.cli import main as cli_main
 
@@ -210,7 +211,7 @@ class FakeLauncher(LocalLauncher):
     def start(self, slot, job_id, cmd, ckpt, env, log_path):
         assert cmd[1:3] == ["-m", "threestudio_like.cli"]
         fake = [sys.executable, str(self.script), *cmd[3:]]
-        self.commands.append(batch_runner.with_resume(fake, ckpt))
+        self.commands.append(with_resume(fake, ckpt))
         return super().start(slot, job_id, fake, ckpt, env, log_path)
 
 
@@ -419,9 +420,9 @@ def test_four_job_batch_then_kill_and_resume(tmp_path):
     runner.kill()                                   # no chance to clean up
     runner.wait()
     deadline = time.time() + 60                     # the job gets SIGTERM, checkpoints and exits
-    while time.time() < deadline and batch_runner._alive(child_pid):
+    while time.time() < deadline and alive(child_pid):
         time.sleep(0.2)
-    assert not batch_runner._alive(child_pid)
+    assert not alive(child_pid)
     killed_at = _ckpt_step(ckpt)
     assert 5 <= killed_at < 80
     assert _state(batch)["jobs"]["long"]["status"] == "running"   # as the dead runner left it

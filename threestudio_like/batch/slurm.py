@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from threestudio_like.batch.runner import AttemptResult, with_resume
+from threestudio_like.batch.outcome import AttemptResult, with_resume
 from threestudio_like.errors import SlurmUnavailable
 
 
