@@ -4,10 +4,10 @@
 checks each field, :mod:`.jobs` expands the entries into jobs and checks their configs), runs
 every job in its own trial directory with one worker per GPU, one on CPU (:mod:`.local`), or on
 SLURM through submitit (:mod:`.slurm`), keeps a durable job state on disk (:mod:`.state`),
-classifies each attempt's outcome (:mod:`.outcome`), retries failures with back-off
-(:mod:`.runner`, command line in :mod:`.options`), shows progress (:mod:`.progress`) and writes
-a static review page, ``index.html`` plus ``summary.json`` (:mod:`.gallery`). See
-``docs/batch.md``.
+decides each attempt's outcome from its ``status.json`` and exit status (:mod:`.outcome`),
+retries failures with back-off (:mod:`.runner`, command line in :mod:`.options`), shows progress
+(:mod:`.progress`) and writes a static review page, ``index.html`` plus ``summary.json``
+(:mod:`.gallery`). See ``docs/batch.md``.
 """
 from threestudio_like.batch.jobs import BatchSpec, Job, JobFileError, load_job_file
 

@@ -1,22 +1,37 @@
-"""How an attempt ended: its outcome, the retry back-off and the command of the next attempt.
+"""How an attempt ended, decided from data: the attempt's ``status.json`` and its exit status.
 
-:func:`classify` maps an attempt's exit status and log to an outcome (ok, interrupted, timeout,
-oom, nan, config, crash); the table of the rules and of what each outcome leads to is in
-:mod:`.runner`'s docstring. Also here: the retry back-off, the overrides an out-of-memory
-back-off adds, and the ``resume=`` argument of an attempt (shared by the local and the SLURM
-launchers).
+Every attempt runs with ``$THREESTUDIO_LIKE_RUN_ID`` (unique per attempt) and
+``$THREESTUDIO_LIKE_STATUS_FILE`` (``<trial>/status.json``) set, so the command line records its
+state, phase, step, error category and outputs there (:mod:`threestudio_like.run_status`). A
+status that carries another run id was left by an earlier attempt: this one died before writing
+its own, and only the exit status is known. The job's printed output is never read to decide
+anything; it is for people.
+
+:func:`classify` maps the two to an outcome (ok, interrupted, timeout, oom, nan, config, crash);
+the table of the rules and of what each outcome leads to is in :mod:`.runner`'s docstring.
+
+Also here: the retry back-off, the overrides an out-of-memory back-off adds, and the
+``resume=`` argument of an attempt (shared by the local and the SLURM launchers).
 """
 from __future__ import annotations
 
 import os
-import re
 import signal
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-DONE_MARK = "Done. Outputs in"
-OOM_PATTERNS = ("out of memory", "outofmemoryerror", "memoryerror", "cudnn_status_alloc_failed")
+from threestudio_like import errors
+from threestudio_like.run_status import read_status
+
 MAX_DELAY_S = 3600.0
+INPUT_ERROR_EXIT = 2
+"""Exit status of input problems (config, weights, checkpoint): the same command fails the same way."""
+SIGKILL_RCS = (-signal.SIGKILL, 128 + signal.SIGKILL)
+"""A SIGKILL as a child's return code (Popen) or as a shell's exit status."""
+CATEGORY_LABELS = {"nonfinite": "non-finite loss", "export": "mesh export failed"}
+"""Words the command line puts before these categories' messages in its ``error:`` line; the
+state and the gallery show the same text."""
 
 
 @dataclass
@@ -27,45 +42,108 @@ class AttemptResult:
     error: Optional[str] = None
 
 
-def error_line(text: str) -> str:
-    """The most telling line of a failed job's log: ``error: ...``, an exception, or the last line."""
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("error:"):
-            idx = lines.index(ln)
-            return "\n".join(lines[idx: idx + 3])[:800]
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?", ln):
-            return ln[:800]
-    return lines[-1][:800] if lines else "no output"
+# ------------------------------------------------------------------------------------------
+# reading an attempt's status
 
 
-def classify(rc: Optional[int], text: str, *, timed_out: bool = False, stopping: bool = False,
-             launcher_error: Optional[str] = None) -> Tuple[str, Optional[str]]:
-    """``(outcome, error)`` of a finished attempt from its exit status and log text."""
-    finished = DONE_MARK in text
-    if rc == 0 and finished:
+def attempt_status(path: Union[str, Path], run_id: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The status in ``path`` if this attempt (``run_id``) wrote it; None otherwise.
+
+    A status with another run id is an earlier attempt's: the current one never wrote its own.
+    """
+    status = read_status(path)
+    if status is None or not run_id or status.get("run_id") != run_id:
+        return None
+    return status
+
+
+def error_text(error: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The message of a status ``error`` entry, as the job's own ``error:`` line words it.
+
+    Errors of the product carry their message alone (a few categories get the label the command
+    line adds); foreign exceptions (a crash, out of memory) are named by their type.
+    """
+    if not isinstance(error, dict):
+        return None
+    message = str(error.get("message") or "").strip()
+    label = CATEGORY_LABELS.get(str(error.get("category")))
+    if label:
+        return f"{label}: {message}" if message else label
+    kind = str(error.get("type") or "")
+    ours = getattr(errors, kind, None)
+    if kind and not (isinstance(ours, type) and issubclass(ours, errors.ThreestudioLikeError)):
+        return f"{kind}: {message}" if message and message != kind else kind
+    return message or kind or None
+
+
+def _exit_text(rc: Optional[int]) -> str:
+    if rc is None:
+        return "ended with an unknown exit status"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def _where(status: Dict[str, Any]) -> str:
+    """``phase train, step 57/600`` for a status that stopped while running."""
+    parts = [f"phase {status.get('phase') or '?'}"]
+    if status.get("step") is not None:
+        parts.append(f"step {status['step']}" + (f"/{status['max_steps']}" if status.get("max_steps") else ""))
+    return ", ".join(parts)
+
+
+def _failure_text(rc: Optional[int], status: Optional[Dict[str, Any]]) -> str:
+    """Why an attempt failed, from its status error or else from its exit status."""
+    if status is None:
+        if rc is not None and rc < 0:
+            return _exit_text(rc)
+        return f"{_exit_text(rc)} without a status"
+    text = error_text(status.get("error"))
+    if text:
+        return text
+    if status.get("state") == "finished":
+        return f"{_exit_text(rc)} after its status said finished"
+    return f"{_exit_text(rc)} before finishing ({_where(status)})"
+
+
+# ------------------------------------------------------------------------------------------
+# classification
+
+
+def classify(rc: Optional[int], status: Optional[Dict[str, Any]], *, timed_out: bool = False,
+             stopping: bool = False, launcher_error: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """``(outcome, error)`` of a finished attempt; see the module's table.
+
+    ``status``: the attempt's own ``status.json`` (:func:`attempt_status`), None if it wrote
+    none; ``rc``: its exit status (negative: killed by that signal).
+    """
+    if rc == 0 and status is not None and status.get("state") == "finished":
         return "ok", None
     if stopping:
         return "interrupted", None
+    error = (status or {}).get("error")
+    error = error if isinstance(error, dict) else {}
     if timed_out:
-        return "timeout", "ran past its timeout; " + error_line(text)
+        why = error_text(error)
+        return "timeout", "ran past its timeout" + (f"; {why}" if why else "")
     if launcher_error and rc is None:
         return "crash", launcher_error
-    low = text.lower()
-    if any(p in low for p in OOM_PATTERNS):
-        return "oom", error_line(text)
-    if rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
+    if error.get("category") == "oom":
+        return "oom", _failure_text(rc, status)
+    if rc in SIGKILL_RCS:
         return "oom", "killed by SIGKILL (most likely the system's out-of-memory killer)"
-    if "non-finite loss" in text:
-        return "nan", error_line(text)
-    if rc == 2:
-        return "config", error_line(text)
-    if rc is not None and rc < 0:
-        return "crash", f"killed by {signal.Signals(-rc).name}; " + error_line(text)
-    if rc == 0:
-        return "crash", "exited before finishing (was it terminated?)"
-    return "crash", error_line(text)
+    if error.get("category") == "nonfinite":
+        return "nan", _failure_text(rc, status)
+    if error.get("exit_code") == INPUT_ERROR_EXIT:
+        return "config", _failure_text(rc, status)
+    return "crash", _failure_text(rc, status)
+
+
+# ------------------------------------------------------------------------------------------
+# back-off
 
 
 def retry_delay(base: float, failures: int) -> float:
@@ -121,5 +199,9 @@ def checkpoint_step(path: str) -> Optional[int]:
 
 
 def with_resume(cmd: Sequence[str], ckpt: str) -> List[str]:
-    """The attempt's command, resuming from ``ckpt`` if it exists when the attempt starts."""
+    """The attempt's command, resuming from ``ckpt`` if it exists when the attempt starts.
+
+    The checkpoint is handed on as it is: the command line reads it safely and refuses a damaged
+    or unsafe one with an input error (exit 2), which the runner does not retry.
+    """
     return list(cmd) + ([f"resume={ckpt}"] if os.path.isfile(ckpt) else [])

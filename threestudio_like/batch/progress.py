@@ -1,14 +1,31 @@
 """What the runner shows while it works: a live table on a terminal, plain lines otherwise.
 
-The view asks the runner (anything shaped like :class:`RunnerView`) for the overview line, the
-running jobs and each job's progress.
+A running job's progress is read from its ``status.json`` (:func:`status_progress`): the
+training step while it trains, then the phase and its count (``test 12/48``), never from its
+printed output. The view asks the runner (anything shaped like :class:`RunnerView`) for the
+overview line, the running jobs and each job's progress.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Protocol, TextIO
+from typing import Any, Dict, Mapping, Optional, Protocol, TextIO
 
 from threestudio_like.batch.gallery import format_seconds
+
+
+def status_progress(status: Optional[Dict[str, Any]]) -> str:
+    """``57/600`` while training, ``test 12/48`` (or the phase alone) later on, ``-`` unknown."""
+    if not status:
+        return "-"
+    phase = status.get("phase") or "-"
+    if phase == "train" and status.get("step") is not None:
+        total = status.get("max_steps")
+        return f"{status['step']}/{total}" if total else str(status["step"])
+    progress = status.get("progress")
+    if isinstance(progress, dict) and progress.get("done") is not None:
+        total = progress.get("total")
+        return f"{phase} {progress['done']}/{total}" if total else f"{phase} {progress['done']}"
+    return phase
 
 
 class RunningJob(Protocol):

@@ -7,18 +7,27 @@ or an out-of-memory error kills only that job), writing to its own trial directo
 ``<batch>/state.json`` (see :mod:`.state`), so re-running the same command resumes: done jobs
 are skipped, interrupted ones continue from ``ckpts/last.ckpt``.
 
-Failures are classified from the exit status and the log and retried up to ``retries`` times,
-each after ``retry_delay * 2**(failures-1)`` seconds (at most an hour) while other jobs go on:
+Each attempt gets its own run id (``$THREESTUDIO_LIKE_RUN_ID``) and writes its status to
+``<trial>/status.json`` (``$THREESTUDIO_LIKE_STATUS_FILE``). Its outcome is decided from that
+status (if this attempt wrote it) and the exit status only (:func:`.outcome.classify`); the log is
+for people and is never parsed. Failures are retried up to ``retries`` times, each after
+``retry_delay * 2**(failures-1)`` seconds (at most an hour) while other jobs go on:
 
-======== ===================================================== ==============================
-outcome  recognised by                                         next attempt
-======== ===================================================== ==============================
-oom      "out of memory" in the log, or killed by SIGKILL      resumes, ``oom_halve`` keys halved
-nan      "non-finite loss" (exit 1)                            resumes from the last good ckpt
-timeout  ran past the job's ``timeout``                        resumes from the checkpoint
-crash    any other failure                                     resumes from the checkpoint
-config   exit status 2 (a config error found at run time)      not retried
-======== ===================================================== ==============================
+=========== ============================================================ ==============================
+outcome     decided by                                                   next attempt
+=========== ============================================================ ==============================
+ok          status ``finished`` and exit status 0                        none: the job is done
+interrupted the runner was stopping (Ctrl-C, SIGTERM, SIGHUP)            resumes on the next run
+timeout     ran past the job's ``timeout``                               resumes from the checkpoint
+oom         error category ``oom``, or killed by SIGKILL (-9 or 137)     resumes, ``oom_halve`` keys halved
+nan         error category ``nonfinite``                                 resumes from the last good ckpt
+config      error exit code 2 (categories config, weights, checkpoint)   not retried
+crash       anything else, also no status written by this attempt        resumes from the checkpoint
+=========== ============================================================ ==============================
+
+The error shown in the state and the gallery is the status's ``error.message``; an attempt that
+wrote no status of its own is described by its exit status ("killed by SIGSEGV", "exited with
+status 1 without a status").
 
 Ctrl-C (or SIGTERM/SIGHUP) asks every running job to save a checkpoint and exit, marks them
 pending and exits with status 130; a second Ctrl-C kills them at once (they keep their last
@@ -29,12 +38,12 @@ Exit status: 0 all jobs done, 1 some failed, 2 bad job file / batch locked, 130 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
@@ -42,14 +51,13 @@ from threestudio_like.batch.gallery import collect_result, format_seconds, write
 from threestudio_like.batch.jobs import BatchSpec, Job, load_job_file
 from threestudio_like.batch.local import LocalLauncher, detect_gpus
 from threestudio_like.batch.options import build_parser, print_check
-from threestudio_like.batch.outcome import (AttemptResult, checkpoint_step, classify, oom_overrides,
+from threestudio_like.batch.outcome import (AttemptResult, attempt_status, checkpoint_step, classify, oom_overrides,
                                             retry_delay)
-from threestudio_like.batch.progress import ProgressView
+from threestudio_like.batch.progress import ProgressView, status_progress
 from threestudio_like.batch.state import BatchLock, BatchState, new_job_record, now
 from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable
+from threestudio_like.run_status import ENV_RUN_ID, ENV_STATUS_FILE, STATUS_FILE
 from threestudio_like.utils.files import atomic_write_text
-
-LOG_TAIL_BYTES = 256 * 1024
 
 
 # ------------------------------------------------------------------------------------------
@@ -65,11 +73,10 @@ class _Running:
     handle: Any
     started: float
     attempt_no: int
-    log_offset: int
+    run_id: Optional[str]
     deadline: Optional[float] = None
     timed_out: bool = False
     kill_at: Optional[float] = None
-    extra: List[str] = field(default_factory=list)
 
 
 class Runner:
@@ -249,7 +256,7 @@ class Runner:
             slot = free[0] if free else f"reattached-{job_id}"
             attempt = rec["attempts"][-1]
             self.running[slot] = _Running(job_id, slot, handle, attempt["started"], attempt["n"],
-                                          attempt.get("log_offset", 0))
+                                          attempt.get("run_id"))
             self.view.event(f"watching {job_id} again (still running as {handle.ident})")
         handled = 0
         while True:
@@ -310,32 +317,33 @@ class Runner:
     def _start(self, slot: str, rec: Dict[str, Any]) -> None:
         job = self.jobs[rec["id"]]
         config_file = str(self.path(rec["config_file"]))
-        ckpt = str(self.path(rec["trial_dir"]) / "ckpts" / "last.ckpt")
+        trial = self.path(rec["trial_dir"])
+        ckpt = str(trial / "ckpts" / "last.ckpt")
         resumed = checkpoint_step(ckpt) if os.path.isfile(ckpt) else None
         extra = oom_overrides(config_file, job.oom_halve, rec.get("oom_count", 0))
         cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, "--train", *extra]
         attempt_no = len(rec["attempts"]) + 1
+        run_id = f"{job.id}-{attempt_no}-{uuid.uuid4().hex[:8]}"
+        how = f"resuming from step {resumed}" if resumed is not None else "from scratch"
         log_path = self.path(rec["log"])
         with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      + (f", resuming from step {resumed}" if resumed is not None else "")
-                      + (f", back-off: {' '.join(extra)}" if extra else "") + " =====\n")
+            log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}, {how}"
+                      + (f", back-off: {' '.join(extra)}" if extra else "") + f" (run id {run_id}) =====\n")
         offset = log_path.stat().st_size
-        env = {**job.env, "PYTHONUNBUFFERED": "1"}
+        env = {**job.env, "PYTHONUNBUFFERED": "1", ENV_RUN_ID: run_id, ENV_STATUS_FILE: str(trial / STATUS_FILE)}
         handle = self.launcher.start(slot, job.id, cmd, ckpt, env, str(log_path))
         started = time.time()
         rec["attempts"].append({
-            "n": attempt_no, "worker": slot, "started": round(started, 3), "ended": None, "seconds": None,
-            "rc": None, "outcome": None, "error": None, "resumed_from_step": resumed,
-            "overrides_added": extra, "log_offset": offset, **handle.ident,
+            "n": attempt_no, "worker": slot, "run_id": run_id, "started": round(started, 3), "ended": None,
+            "seconds": None, "rc": None, "outcome": None, "error": None, "error_category": None,
+            "resumed_from_step": resumed, "overrides_added": extra, "log_offset": offset, **handle.ident,
         })
         rec["status"] = "running"
         rec["not_before"] = None
         rec["first_started"] = rec.get("first_started") or round(started, 3)
-        self.running[slot] = _Running(job.id, slot, handle, started, attempt_no, offset,
-                                      deadline=started + job.timeout if job.timeout else None, extra=extra)
+        self.running[slot] = _Running(job.id, slot, handle, started, attempt_no, run_id,
+                                      deadline=started + job.timeout if job.timeout else None)
         self.state.save()
-        how = f"resuming from step {resumed}" if resumed is not None else "from scratch"
         self.view.event(f"start  {job.id} on {slot} (attempt {attempt_no}, {how}"
                         + (f", {' '.join(extra)}" if extra else "") + ")")
 
@@ -356,26 +364,18 @@ class Runner:
             del self.running[slot]
             self._finish(run, result)
 
-    def _read_log(self, rec: Dict[str, Any], offset: int) -> str:
-        try:
-            with open(self.path(rec["log"]), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(offset, size - LOG_TAIL_BYTES))
-                return f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
     def _finish(self, run: _Running, result: AttemptResult) -> None:
         rec = self.state.jobs[run.job_id]
         job = self.jobs[run.job_id]
         ended = time.time()
-        text = self._read_log(rec, run.log_offset)
-        outcome, error = classify(result.rc, text, timed_out=run.timed_out, stopping=self._stopping,
+        status = attempt_status(self.path(rec["trial_dir"]) / STATUS_FILE, run.run_id)
+        outcome, error = classify(result.rc, status, timed_out=run.timed_out, stopping=self._stopping,
                                   launcher_error=result.error)
         seconds = round(ended - run.started, 2)
         attempt = rec["attempts"][-1]
-        attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error)
+        category = ((status or {}).get("error") or {}).get("category")
+        attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error,
+                       error_category=category)
         rec["seconds"] = round(rec["seconds"] + seconds, 2)
         if outcome == "ok":
             rec.update(status="done", finished=round(ended, 3), error=None)
@@ -406,20 +406,11 @@ class Runner:
 
     # ------------------------------------------------------------ progress
     def job_step(self, job_id: str) -> str:
-        """``step/max`` of a running job, read from the tail of its log."""
+        """Progress of a running job from its ``status.json``: ``57/600``, ``test 12/48``; ``-``
+        before its attempt has written a status."""
         rec = self.state.jobs[job_id]
-        try:
-            with open(self.path(rec["log"]), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(f.tell() - 4096, 0))
-                tail = f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return "-"
-        found = re.findall(r"(step|turntable frame) (\d+)/(\d+)", tail)
-        if not found:
-            return "-"
-        kind, done, total = found[-1]
-        return f"{done}/{total}" if kind == "step" else f"turntable {done}/{total}"
+        run_id = rec["attempts"][-1].get("run_id") if rec.get("attempts") else None
+        return status_progress(attempt_status(self.path(rec["trial_dir"]) / STATUS_FILE, run_id))
 
     def overview(self) -> str:
         """``done 3/10, running 2, failed 1, pending 4, ETA 1h02m``."""
