@@ -1,6 +1,6 @@
 """Overnight batch runner: job-file validation, outcomes from status.json, retries and back-off,
-Ctrl-C, kill-and-resume, the 4-job acceptance batch on the CPU demo, and the SLURM launcher
-(submitit's local executor and a fake ``sbatch``).
+Ctrl-C, kill-and-resume, planted checkpoints, the 4-job acceptance batch on the CPU demo, and the
+SLURM launcher (submitit's local executor and a fake ``sbatch``).
 
 The scheduling tests use a fake trainer (a few lines of Python that behave like ``launch.py``:
 trial directory, checkpoint, outputs and a ``status.json`` honouring the run id and status file
@@ -33,6 +33,7 @@ from threestudio_like.batch.progress import status_progress
 from threestudio_like.batch.runner import Runner
 from threestudio_like.batch.state import BatchLock
 from threestudio_like.cli import main as cli_main
+from threestudio_like.models.checkpoints import checkpoint_step
 
 from conftest import REPO_ROOT, TINY_OVERRIDES
 
@@ -47,7 +48,9 @@ def _state(batch_dir: Path) -> Dict[str, Any]:
 
 
 def _ckpt_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    step = checkpoint_step(str(path))
+    assert step is not None, f"{path} is not a readable training checkpoint"
+    return step
 
 
 # ------------------------------------------------------------------------------------------
@@ -579,6 +582,47 @@ def test_four_job_batch_then_kill_and_resume(tmp_path):
     loss, step = read_final_loss(batch / "trials" / "long" / "logs" / "csv" / "metrics.csv")
     assert step == 79 and loss is not None
     print(f"\n4-job batch: {t_four:.1f}s; kill at step {killed_at} + resume: {t_resume:.1f}s")
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_checkpoint_is_refused_never_run_and_not_retried(tmp_path):
+    """A ``last.ckpt`` carrying a code payload (zip and legacy torch formats) in a job's trial:
+    the runner reads its step safely, the training refuses it as resume= (exit 2, category
+    checkpoint), the job fails once as ``config`` naming the file, and the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    jobs_file = _tiny_jobs_file(tmp_path / "jobs.yaml", [{"name": "zip"}, {"name": "legacy"}], retries=2)
+    batch = tmp_path / "batch"
+    for job_id, zipped in (("zip", True), ("legacy", False)):
+        ckpt = batch / "trials" / job_id / "ckpts" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        torch.save({"global_step": 3, "state_dict": {}, "hook": _Planted(marker)}, ckpt,
+                   _use_new_zipfile_serialization=zipped)
+    code = cli_main(["--batch", str(jobs_file), "--out", str(batch), "--progress-every", "1000"])
+    assert code == 1
+    assert not marker.exists(), "the planted payload ran"
+    jobs = _state(batch)["jobs"]
+    for job_id in ("zip", "legacy"):
+        rec = jobs[job_id]
+        assert rec["status"] == "failed" and len(rec["attempts"]) == 1, rec   # attempted once, not retried
+        attempt = rec["attempts"][0]
+        assert attempt["outcome"] == "config" and attempt["error_category"] == "checkpoint"
+        assert attempt["rc"] == 2 and attempt["resumed_from_step"] is None
+        assert f"trials/{job_id}/ckpts/last.ckpt" in rec["error"] and "refused" in rec["error"], rec["error"]
+        log = (batch / "logs" / f"{job_id}.log").read_text()
+        assert "a checkpoint whose step cannot be read" in log
+    assert not marker.exists()
+    # the files were live: an unsafe load would have run the payload
+    torch.load(batch / "trials" / "legacy" / "ckpts" / "last.ckpt", weights_only=False)
+    assert marker.exists()
 
 
 # ------------------------------------------------------------------------------------------

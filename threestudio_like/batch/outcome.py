@@ -187,17 +187,6 @@ def oom_overrides(config_file: str, keys: Sequence[str], count: int) -> List[str
     return out
 
 
-def checkpoint_step(path: str) -> Optional[int]:
-    """The global step stored in a Lightning checkpoint (None if unreadable)."""
-    try:
-        import torch
-
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return int(ckpt.get("global_step"))
-    except Exception:
-        return None
-
-
 def with_resume(cmd: Sequence[str], ckpt: str) -> List[str]:
     """The attempt's command, resuming from ``ckpt`` if it exists when the attempt starts.
 

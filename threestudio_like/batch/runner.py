@@ -51,8 +51,7 @@ from threestudio_like.batch.gallery import collect_result, format_seconds, write
 from threestudio_like.batch.jobs import BatchSpec, Job, load_job_file
 from threestudio_like.batch.local import LocalLauncher, detect_gpus
 from threestudio_like.batch.options import build_parser, print_check
-from threestudio_like.batch.outcome import (AttemptResult, attempt_status, checkpoint_step, classify, oom_overrides,
-                                            retry_delay)
+from threestudio_like.batch.outcome import AttemptResult, attempt_status, classify, oom_overrides, retry_delay
 from threestudio_like.batch.progress import ProgressView, status_progress
 from threestudio_like.batch.state import BatchLock, BatchState, new_job_record, now
 from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable
@@ -315,16 +314,24 @@ class Runner:
         self.running.clear()
 
     def _start(self, slot: str, rec: Dict[str, Any]) -> None:
+        from threestudio_like.models.checkpoints import checkpoint_step  # torch: only when a job starts
+
         job = self.jobs[rec["id"]]
         config_file = str(self.path(rec["config_file"]))
         trial = self.path(rec["trial_dir"])
         ckpt = str(trial / "ckpts" / "last.ckpt")
-        resumed = checkpoint_step(ckpt) if os.path.isfile(ckpt) else None
+        has_ckpt = os.path.isfile(ckpt)
+        resumed = checkpoint_step(ckpt) if has_ckpt else None
         extra = oom_overrides(config_file, job.oom_halve, rec.get("oom_count", 0))
         cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, "--train", *extra]
         attempt_no = len(rec["attempts"]) + 1
         run_id = f"{job.id}-{attempt_no}-{uuid.uuid4().hex[:8]}"
-        how = f"resuming from step {resumed}" if resumed is not None else "from scratch"
+        if resumed is not None:
+            how = f"resuming from step {resumed}"
+        elif has_ckpt:  # the training refuses it if it is damaged or unsafe (a config failure)
+            how = "resuming from a checkpoint whose step cannot be read"
+        else:
+            how = "from scratch"
         log_path = self.path(rec["log"])
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}, {how}"
