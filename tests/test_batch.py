@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -623,6 +624,27 @@ def test_planted_checkpoint_is_refused_never_run_and_not_retried(tmp_path):
     # the files were live: an unsafe load would have run the payload
     torch.load(batch / "trials" / "legacy" / "ckpts" / "last.ckpt", weights_only=False)
     assert marker.exists()
+
+
+def test_input_image_removed_after_validation_is_a_config_failure(tmp_path):
+    """A real input error found at run time (the image is gone when the job starts) is read
+    from the job's status as ``config`` and not retried; the queue goes on."""
+    from PIL import Image
+
+    image = tmp_path / "teapot.png"
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (200, 120, 60, 255)
+    Image.fromarray(rgba).save(image)
+    jobs_file = _write_jobs(tmp_path / "jobs.yaml", {"jobs": [
+        {"name": "teapot", "config": "demo-sjc.yaml", "image": str(image), "retries": 2, "retry_delay": 0}]})
+    spec = load_job_file(jobs_file, output_dir=tmp_path / "batch")     # validated: the image is there
+    image.unlink()
+    assert Runner(spec, LocalLauncher([], workers=1), poll_interval=0.1, progress_every=1000).run() == 1
+    rec = _state(tmp_path / "batch")["jobs"]["teapot"]
+    assert rec["status"] == "failed" and len(rec["attempts"]) == 1
+    attempt = rec["attempts"][0]
+    assert attempt["outcome"] == "config" and attempt["rc"] == 2 and attempt["error_category"] == "config"
+    assert "teapot.png" in rec["error"] and rec["input_image"] is None
 
 
 # ------------------------------------------------------------------------------------------

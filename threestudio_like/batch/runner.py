@@ -198,10 +198,10 @@ class Runner:
         if job.image:
             first = job.image if isinstance(job.image, str) else job.image[0]
             rel = f"inputs/{job.id}{Path(first).suffix.lower()}"
-            if not self.path(rel).is_file():
-                self.path(rel).parent.mkdir(parents=True, exist_ok=True)
+            if not self.path(rel).is_file() and os.path.isfile(first):  # gone since validation: the job
+                self.path(rel).parent.mkdir(parents=True, exist_ok=True)  # itself reports it (a config error)
                 shutil.copyfile(first, self.path(rel))
-            rec["input_image"] = rel
+            rec["input_image"] = rel if self.path(rel).is_file() else None
         cfg = job.composed.copy()
         cfg.trial_dir = str(self.path(rec["trial_dir"]))
         atomic_write_text(self.path(rec["config_file"]), OmegaConf.to_yaml(cfg))
