@@ -1,10 +1,11 @@
-"""Overnight batch runner: job-file validation, retries and back-off, Ctrl-C, kill-and-resume,
-the 4-job acceptance batch on the CPU demo, and the SLURM launcher (submitit's local executor and
-a fake ``sbatch``).
+"""Overnight batch runner: job-file validation, outcomes from status.json, retries and back-off,
+Ctrl-C, kill-and-resume, planted checkpoints, the 4-job acceptance batch on the CPU demo, and the
+SLURM launcher (submitit's local executor and a fake ``sbatch``).
 
 The scheduling tests use a fake trainer (a few lines of Python that behave like ``launch.py``:
-trial directory, checkpoint, outputs, ``Done.`` line, or an OOM/crash/config error on demand),
-so they take seconds; the acceptance tests run the real demo at toy size.
+trial directory, checkpoint, outputs and a ``status.json`` honouring the run id and status file
+the runner sets, or an OOM/crash/config error on demand), so they take seconds; the acceptance
+tests run the real demo at toy size.
 """
 from __future__ import annotations
 
@@ -19,16 +20,21 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from threestudio_like.batch import runner as batch_runner
 from threestudio_like.batch.gallery import read_final_loss
 from threestudio_like.batch.jobs import JobFileError, load_job_file
-from threestudio_like.batch.runner import LocalLauncher, Runner, classify, oom_overrides, retry_delay
+from threestudio_like.batch.local import LocalLauncher, alive
+from threestudio_like.batch.outcome import (attempt_status, classify, oom_overrides, retry_delay,
+                                            with_resume)
+from threestudio_like.batch.progress import status_progress
+from threestudio_like.batch.runner import Runner
 from threestudio_like.batch.state import BatchLock
 from threestudio_like.cli import main as cli_main
+from threestudio_like.models.checkpoints import checkpoint_step
 
 from conftest import REPO_ROOT, TINY_OVERRIDES
 
@@ -43,7 +49,9 @@ def _state(batch_dir: Path) -> Dict[str, Any]:
 
 
 def _ckpt_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    step = checkpoint_step(str(path))
+    assert step is not None, f"{path} is not a readable training checkpoint"
+    return step
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,19 +130,46 @@ def test_job_file_expansion_ids_and_text_files(tmp_path, monkeypatch):
     assert "job 2 (\"nope.png\"), field 'image': file not found" in msg
 
 
+def _status(state: str = "finished", category: str = None, kind: str = "", message: str = "",
+            exit_code: int = None, run_id: str = "r1", **fields: Any) -> Dict[str, Any]:
+    """A ``status.json`` as the command line writes it."""
+    error = None
+    if category is not None:
+        exit_code = exit_code if exit_code is not None else (2 if category in ("config", "weights", "checkpoint") else 1)
+        error = {"type": kind, "category": category, "message": message, "exit_code": exit_code}
+    return {"version": 1, "run_id": run_id, "mode": "train", "state": state, "phase": fields.pop("phase", "export"),
+            "step": fields.pop("step", 4), "max_steps": fields.pop("max_steps", 4), "progress": None, "loss": 0.5, "error": error,
+            "exit_code": 0 if state == "finished" else exit_code, "outputs": {}, **fields}
+
+
 def test_classify_backoff_and_oom_overrides(tmp_path):
-    done = "Trial directory: x\nDone. Outputs in x\n"
+    done = _status()
     assert classify(0, done) == ("ok", None)
-    assert classify(1, "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")[0] == "oom"
-    assert classify(-9, "step 50/600")[0] == "oom"
-    assert classify(1, "error: non-finite loss: loss_sds = nan at step 3.\n")[0] == "nan"
-    assert classify(2, "error: Unknown config key 'x'") == ("config", "error: Unknown config key 'x'")
-    outcome, error = classify(1, "Traceback (most recent call last):\n  ...\nValueError: Invalid learning rate: -1\n")
+    assert classify(1, _status("failed", "oom", "OutOfMemoryError", "CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
+    assert classify(-9, _status("running", phase="train", step=50))[0] == "oom"
+    assert classify(137, None)[0] == "oom"
+    nan = classify(1, _status("failed", "nonfinite", "NonFiniteLossError", "loss_sds = nan at step 3."))
+    assert nan == ("nan", "non-finite loss: loss_sds = nan at step 3.")
+    assert classify(2, _status("failed", "config", "ConfigError", "Unknown config key 'x'")) == (
+        "config", "Unknown config key 'x'")
+    for category in ("weights", "checkpoint"):                        # input problems: exit 2, never retried
+        assert classify(2, _status("failed", category, "CheckpointError", "resume=x: refused"))[0] == "config"
+    outcome, error = classify(1, _status("failed", "crash", "ValueError", "Invalid learning rate: -1"))
     assert (outcome, error) == ("crash", "ValueError: Invalid learning rate: -1")
-    assert classify(-11, "")[0] == "crash" and "SIGSEGV" in classify(-11, "")[1]
-    assert classify(1, "", timed_out=True)[0] == "timeout"
-    assert classify(1, "", stopping=True)[0] == "interrupted"
+    assert classify(-11, None)[0] == "crash" and classify(-11, None)[1] == "killed by SIGSEGV"
+    assert classify(-11, _status("running", phase="train", step=57, max_steps=600)) == (
+        "crash", "killed by SIGSEGV before finishing (phase train, step 57/600)")
+    # an attempt that wrote no status of its own is judged by its exit status alone
+    assert classify(0, None) == ("crash", "exited with status 0 without a status")
+    assert classify(1, None) == ("crash", "exited with status 1 without a status")
+    assert classify(2, None)[0] == "crash"                            # no status: not known to be an input error
+    assert classify(0, _status("running", phase="test")) == ("crash", "exited with status 0 before finishing (phase test, step 4/4)")
+    assert classify(1, done)[0] == "crash"                            # finished, yet a failing exit status
+    assert classify(1, None, timed_out=True)[0] == "timeout"
+    assert classify(1, None, stopping=True)[0] == "interrupted"
     assert classify(0, done, stopping=True)[0] == "ok"
+    assert classify(None, None, launcher_error="cluster job 7 ended without a result") == (
+        "crash", "cluster job 7 ended without a result")
     assert [retry_delay(30, k) for k in (1, 2, 3)] == [30, 60, 120]
     assert retry_delay(30, 20) == 3600
     cfg = tmp_path / "c.yaml"
@@ -143,6 +178,20 @@ def test_classify_backoff_and_oom_overrides(tmp_path):
     assert oom_overrides(str(cfg), keys, 0) == []
     assert oom_overrides(str(cfg), keys, 1) == ["data.batch_size=[4,4]", "system.renderer.eval_chunk_size=2048"]
     assert oom_overrides(str(cfg), keys, 3) == ["data.batch_size=[4,4]", "system.renderer.eval_chunk_size=512"]
+
+
+def test_attempt_status_and_progress_come_from_status_json(tmp_path):
+    path = tmp_path / "status.json"
+    assert attempt_status(path, "r1") is None                         # none written yet
+    path.write_text(json.dumps(_status(run_id="r0")))
+    assert attempt_status(path, "r1") is None                         # an earlier attempt's: ignored
+    path.write_text(json.dumps(_status("running", phase="train", step=57, max_steps=600, run_id="r1")))
+    assert status_progress(attempt_status(path, "r1")) == "57/600"
+    test = _status("running", phase="test", progress={"done": 12, "total": 48})
+    assert status_progress(test) == "test 12/48"
+    assert status_progress(_status("running", phase="export", progress=None)) == "export"
+    assert status_progress(_status("running", phase="setup", step=None)) == "setup"
+    assert status_progress(None) == "-"
 
 
 def test_lock_refuses_a_second_runner(tmp_path, capsys):
@@ -157,8 +206,11 @@ def test_lock_refuses_a_second_runner(tmp_path, capsys):
 # scheduling with a fake trainer
 
 FAKE_TRAINER = textwrap.dedent('''
-    """Behaves like launch.py --train for the runner; FAKE_PLAN=ok,oom,crash,config,hang per attempt."""
-    import os, signal, sys, time, yaml
+    """Behaves like launch.py --train for the runner; FAKE_PLAN=ok,oom,crash,config,hang,... per attempt.
+
+    Writes its status where $THREESTUDIO_LIKE_STATUS_FILE says (else <trial>/status.json), with
+    $THREESTUDIO_LIKE_RUN_ID as its run id; the lie-* plans print text that contradicts it."""
+    import json, os, signal, sys, time, yaml
     args = sys.argv[1:]
     cfg = yaml.safe_load(open(args[args.index("--config") + 1]))
     trial = cfg["trial_dir"]
@@ -168,6 +220,20 @@ FAKE_TRAINER = textwrap.dedent('''
     open(counter, "w").write(str(n))
     plan = os.environ.get("FAKE_PLAN", "ok").split(",")
     what = plan[min(n, len(plan)) - 1]
+    status_path = os.environ.get("THREESTUDIO_LIKE_STATUS_FILE") or os.path.join(trial, "status.json")
+    status = {"version": 1, "run_id": os.environ.get("THREESTUDIO_LIKE_RUN_ID") or "standalone", "mode": "train",
+              "state": "running", "phase": "setup", "step": None, "max_steps": 4, "progress": None, "loss": None,
+              "error": None, "exit_code": None, "outputs": {}}
+    def write(**fields):
+        status.update(fields)
+        with open(status_path + ".tmp", "w") as f:
+            json.dump(status, f)
+        os.replace(status_path + ".tmp", status_path)
+    def fail(category, kind, message, code):
+        write(state="failed", exit_code=code,
+              error={"type": kind, "category": category, "message": message, "exit_code": code})
+        sys.exit(code)
+    write()
     print("Trial directory:", trial)
     print("ARGS", " ".join(args[2:]), flush=True)
     def ckpt():
@@ -180,22 +246,53 @@ FAKE_TRAINER = textwrap.dedent('''
             open(os.path.join(save, rel), "w").write("x")
         os.makedirs(os.path.join(trial, "logs", "csv"), exist_ok=True)
         open(os.path.join(trial, "logs", "csv", "metrics.csv"), "w").write("epoch,step,train/loss\\n0,3,0.25\\n")
+        return {"checkpoint": "ckpts/last.ckpt", "video": "save/it4-test.mp4", "turntable_frames": "save/it4-test",
+                "meshes": {"glb": "save/it4-export/model.glb", "obj": "save/it4-export/model.obj"}}
+    def finished():
+        write(state="finished", phase="export", step=4, loss=0.25, exit_code=0, outputs=outputs())
     if what == "ok":
-        ckpt(); outputs(); print("Done. Outputs in", trial); sys.exit(0)
+        ckpt(); finished(); sys.exit(0)
     if what == "oom":
-        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"); sys.exit(1)
+        fail("oom", "OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB", 1)
     if what == "crash":
-        ckpt(); print("Traceback (most recent call last):\\nRuntimeError: worker exploded"); sys.exit(1)
+        ckpt(); print("Traceback (most recent call last):\\nRuntimeError: worker exploded")
+        fail("crash", "RuntimeError", "worker exploded", 1)
     if what == "config":
-        print("error: system.optimizer.name: torch.optim has no 'Adamm'."); sys.exit(2)
+        print("error: system.optimizer.name: torch.optim has no 'Adamm'.")
+        fail("config", "ConfigError", "system.optimizer.name: torch.optim has no 'Adamm'.", 2)
     if what == "hang":
         def stop(signum, frame):
-            ckpt(); print("Interrupted: saved checkpoint", flush=True); sys.exit(1)
+            ckpt(); print("Interrupted: saved checkpoint", flush=True)
+            fail("interrupted", "KeyboardInterrupt", "KeyboardInterrupt", 130)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        write(phase="train", step=1, max_steps=100)
         print("step 1/100", flush=True)
         time.sleep(60)
         sys.exit(3)
+    # the log lies; the status tells
+    if what == "lie-ok":
+        print("torch.OutOfMemoryError: CUDA out of memory\\nerror: non-finite loss: loss = nan", flush=True)
+        finished(); sys.exit(0)
+    if what == "lie-done":
+        print("Done. Outputs in", trial, flush=True)
+        write(phase="test", step=4)
+        fail("crash", "RuntimeError", "the turntable writer died", 0)
+    if what == "lie-nan":
+        print("error: non-finite loss: loss_sds = nan at step 3.", flush=True)
+        fail("config", "ImageLoadError", "Image not found: teapot.png.", 2)
+    if what == "nan":
+        print("Done. Outputs in", trial, flush=True)
+        write(phase="train", step=3)
+        fail("nonfinite", "NonFiniteLossError", "loss_sds = nan at step 3.", 1)
+    if what == "stale":  # a status of another run: this attempt died before writing its own
+        print("Done. Outputs in", trial, flush=True)
+        write(run_id="an-earlier-attempt", state="finished", exit_code=0, outputs=outputs())
+        sys.exit(0)
+    if what == "segv":
+        print("Done. Outputs in", trial, flush=True)
+        write(phase="train", step=2)
+        os.kill(os.getpid(), signal.SIGSEGV)
 ''')
 
 
@@ -210,7 +307,7 @@ class FakeLauncher(LocalLauncher):
     def start(self, slot, job_id, cmd, ckpt, env, log_path):
         assert cmd[1:3] == ["-m", "threestudio_like.cli"]
         fake = [sys.executable, str(self.script), *cmd[3:]]
-        self.commands.append(batch_runner.with_resume(fake, ckpt))
+        self.commands.append(with_resume(fake, ckpt))
         return super().start(slot, job_id, fake, ckpt, env, log_path)
 
 
@@ -285,23 +382,27 @@ def test_ctrl_c_stops_cleanly_and_rerun_finishes(tmp_path, fake):
     spec = _fake_batch(tmp_path, [{"name": "done-first"}, {"name": "long", "env": {"FAKE_PLAN": "hang,ok"}},
                                   {"name": "later"}])
     batch = tmp_path / "batch"
+    runner = Runner(spec, FakeLauncher(fake), poll_interval=0.05, progress_every=1000)
+    seen = []
 
     def interrupt_when_long_runs():
         deadline = time.time() + 30
         while time.time() < deadline:
-            try:
-                if "step 1/100" in (batch / "logs" / "long.log").read_text():
-                    break
-            except OSError:
+            try:  # the progress the view shows, read from the attempt's status.json
+                seen.append(runner.job_step("long"))
+            except (KeyError, IndexError):  # not prepared yet
                 pass
+            if seen and seen[-1] == "1/100":
+                break
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=interrupt_when_long_runs)
     thread.start()
-    code = Runner(spec, FakeLauncher(fake), poll_interval=0.05, progress_every=1000).run()
+    code = runner.run()
     thread.join()
     assert code == 130
+    assert seen[-1] == "1/100"
     jobs = _state(batch)["jobs"]
     assert jobs["done-first"]["status"] == "done"
     assert jobs["long"]["status"] == "pending"
@@ -334,6 +435,44 @@ def test_changed_jobs_restart_and_redo(tmp_path, fake, capsys):
     launcher = FakeLauncher(fake)
     assert Runner(spec, launcher, redo=["a"], poll_interval=0.05, progress_every=1000).run() == 0
     assert [Path(c[c.index("--config") + 1]).stem for c in launcher.commands] == ["a"]
+
+
+def test_outcomes_follow_the_status_not_the_log(tmp_path, fake):
+    """Each job prints text that the old log matching would have misread ("Done. Outputs in",
+    "non-finite loss", "out of memory"); the outcome follows the attempt's status.json, and the
+    exit status alone where the attempt wrote none of its own."""
+    spec = _fake_batch(tmp_path, [
+        {"name": "lie-ok", "env": {"FAKE_PLAN": "lie-ok"}},
+        {"name": "lie-done", "env": {"FAKE_PLAN": "lie-done"}},
+        {"name": "lie-nan", "env": {"FAKE_PLAN": "lie-nan"}},
+        {"name": "nan", "env": {"FAKE_PLAN": "nan"}},
+        {"name": "stale", "env": {"FAKE_PLAN": "stale"}},
+        {"name": "segv", "env": {"FAKE_PLAN": "segv"}},
+    ], retries=0)
+    assert Runner(spec, FakeLauncher(fake), poll_interval=0.05, progress_every=1000).run() == 1
+    batch = tmp_path / "batch"
+    jobs = _state(batch)["jobs"]
+    got = {k: (v["status"], v["attempts"][-1]["outcome"], v["error"]) for k, v in jobs.items()}
+    assert got == {
+        "lie-ok": ("done", "ok", None),
+        "lie-done": ("failed", "crash", "RuntimeError: the turntable writer died"),
+        "lie-nan": ("failed", "config", "Image not found: teapot.png."),
+        "nan": ("failed", "nan", "non-finite loss: loss_sds = nan at step 3."),
+        "stale": ("failed", "crash", "exited with status 0 without a status"),
+        "segv": ("failed", "crash", "killed by SIGSEGV before finishing (phase train, step 2/4)"),
+    }
+    assert all(len(v["attempts"]) == 1 for v in jobs.values())
+    assert jobs["lie-nan"]["attempts"][0]["error_category"] == "config"
+    assert jobs["lie-ok"]["result"]["final_loss"] == 0.25
+    # each attempt had its own run id, and the status it wrote carries it
+    run_ids = [v["attempts"][0]["run_id"] for v in jobs.values()]
+    assert len(set(run_ids)) == len(run_ids)
+    status = json.loads((batch / "trials" / "lie-ok" / "status.json").read_text())
+    assert status["run_id"] == jobs["lie-ok"]["attempts"][0]["run_id"]
+    summary = json.loads((batch / "summary.json").read_text())
+    errors = {j["id"]: j["error"] for j in summary["jobs"]}
+    assert errors["lie-nan"] == "Image not found: teapot.png."
+    assert "[config] Image not found: teapot.png." in (batch / "index.html").read_text()
 
 
 # ------------------------------------------------------------------------------------------
@@ -419,9 +558,9 @@ def test_four_job_batch_then_kill_and_resume(tmp_path):
     runner.kill()                                   # no chance to clean up
     runner.wait()
     deadline = time.time() + 60                     # the job gets SIGTERM, checkpoints and exits
-    while time.time() < deadline and batch_runner._alive(child_pid):
+    while time.time() < deadline and alive(child_pid):
         time.sleep(0.2)
-    assert not batch_runner._alive(child_pid)
+    assert not alive(child_pid)
     killed_at = _ckpt_step(ckpt)
     assert 5 <= killed_at < 80
     assert _state(batch)["jobs"]["long"]["status"] == "running"   # as the dead runner left it
@@ -444,6 +583,68 @@ def test_four_job_batch_then_kill_and_resume(tmp_path):
     loss, step = read_final_loss(batch / "trials" / "long" / "logs" / "csv" / "metrics.csv")
     assert step == 79 and loss is not None
     print(f"\n4-job batch: {t_four:.1f}s; kill at step {killed_at} + resume: {t_resume:.1f}s")
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_checkpoint_is_refused_never_run_and_not_retried(tmp_path):
+    """A ``last.ckpt`` carrying a code payload (zip and legacy torch formats) in a job's trial:
+    the runner reads its step safely, the training refuses it as resume= (exit 2, category
+    checkpoint), the job fails once as ``config`` naming the file, and the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    jobs_file = _tiny_jobs_file(tmp_path / "jobs.yaml", [{"name": "zip"}, {"name": "legacy"}], retries=2)
+    batch = tmp_path / "batch"
+    for job_id, zipped in (("zip", True), ("legacy", False)):
+        ckpt = batch / "trials" / job_id / "ckpts" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        torch.save({"global_step": 3, "state_dict": {}, "hook": _Planted(marker)}, ckpt,
+                   _use_new_zipfile_serialization=zipped)
+    code = cli_main(["--batch", str(jobs_file), "--out", str(batch), "--progress-every", "1000"])
+    assert code == 1
+    assert not marker.exists(), "the planted payload ran"
+    jobs = _state(batch)["jobs"]
+    for job_id in ("zip", "legacy"):
+        rec = jobs[job_id]
+        assert rec["status"] == "failed" and len(rec["attempts"]) == 1, rec   # attempted once, not retried
+        attempt = rec["attempts"][0]
+        assert attempt["outcome"] == "config" and attempt["error_category"] == "checkpoint"
+        assert attempt["rc"] == 2 and attempt["resumed_from_step"] is None
+        assert f"trials/{job_id}/ckpts/last.ckpt" in rec["error"] and "refused" in rec["error"], rec["error"]
+        log = (batch / "logs" / f"{job_id}.log").read_text()
+        assert "a checkpoint whose step cannot be read" in log
+    assert not marker.exists()
+    # the files were live: an unsafe load would have run the payload
+    torch.load(batch / "trials" / "legacy" / "ckpts" / "last.ckpt", weights_only=False)
+    assert marker.exists()
+
+
+def test_input_image_removed_after_validation_is_a_config_failure(tmp_path):
+    """A real input error found at run time (the image is gone when the job starts) is read
+    from the job's status as ``config`` and not retried; the queue goes on."""
+    from PIL import Image
+
+    image = tmp_path / "teapot.png"
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (200, 120, 60, 255)
+    Image.fromarray(rgba).save(image)
+    jobs_file = _write_jobs(tmp_path / "jobs.yaml", {"jobs": [
+        {"name": "teapot", "config": "demo-sjc.yaml", "image": str(image), "retries": 2, "retry_delay": 0}]})
+    spec = load_job_file(jobs_file, output_dir=tmp_path / "batch")     # validated: the image is there
+    image.unlink()
+    assert Runner(spec, LocalLauncher([], workers=1), poll_interval=0.1, progress_every=1000).run() == 1
+    rec = _state(tmp_path / "batch")["jobs"]["teapot"]
+    assert rec["status"] == "failed" and len(rec["attempts"]) == 1
+    attempt = rec["attempts"][0]
+    assert attempt["outcome"] == "config" and attempt["rc"] == 2 and attempt["error_category"] == "config"
+    assert "teapot.png" in rec["error"] and rec["input_image"] is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -535,6 +736,6 @@ def test_slurm_preemption_checkpoints_and_requeues(tmp_path, fake):
     assert result is not None and result.rc == 0, log.read_text()
     text = log.read_text()
     assert "Interrupted: saved checkpoint" in text
-    assert text.count("[slurm]") == 2 and "Done. Outputs in" in text
+    assert text.count("[slurm]") == 2 and json.loads((trial / "status.json").read_text())["state"] == "finished"
     second = text.split("[slurm]")[2].splitlines()[0]
     assert second.endswith(f"resume={trial / 'ckpts' / 'last.ckpt'}")

@@ -148,6 +148,37 @@ def test_collect_result_finds_outputs(synthetic_batch):
     assert partial["thumbnail"] == "trials/broken/save/it200-0.png" and partial["video"] is None
 
 
+def test_collect_result_reads_status_json(tmp_path):
+    """With a status.json, outputs come from what the run recorded (whatever their names),
+    listed only while the file exists; steps and the final loss are the status's."""
+    batch = tmp_path / "batch"
+    trial = batch / "trials" / "teapot"
+    files = ("renders/spin.mp4", "renders/spin/0.png", "renders/val.png", "out/asset.glb", "out/asset.obj")
+    for rel in files:
+        (trial / rel).parent.mkdir(parents=True, exist_ok=True)
+        (trial / rel).write_bytes(b"x")
+    (trial / "save" / "it999-test.mp4").parent.mkdir(parents=True)
+    (trial / "save" / "it999-test.mp4").write_bytes(b"x")           # a file the run did not record
+    status = {"version": 1, "state": "finished", "step": 321, "loss": 0.5,
+              "outputs": {"video": "renders/spin.mp4", "turntable_frames": "renders/spin",
+                          "validation": "renders/val.png", "checkpoint": "ckpts/last.ckpt",
+                          "meshes": {"glb": "out/asset.glb", "obj": "out/asset.obj", "ply": "out/gone.ply"}}}
+    (trial / "status.json").write_text(json.dumps(status))
+    assert collect_result(batch, "trials/teapot") == {
+        "video": "trials/teapot/renders/spin.mp4",
+        "thumbnail": "trials/teapot/renders/spin/0.png",
+        "meshes": {"glb": "trials/teapot/out/asset.glb", "obj": "trials/teapot/out/asset.obj"},
+        "final_loss": 0.5,
+        "steps": 321,
+    }
+    # no turntable yet: the last validation image; a NaN loss is left out (JSON has no NaN)
+    status.update(loss=float("nan"), outputs={"validation": "renders/val.png"})
+    (trial / "status.json").write_text(json.dumps(status))
+    result = collect_result(batch, "trials/teapot")
+    assert result["thumbnail"] == "trials/teapot/renders/val.png"
+    assert result["video"] is None and result["meshes"] == {} and result["final_loss"] is None
+
+
 def test_gallery_is_static_relative_and_escaped(synthetic_batch):
     page = (synthetic_batch / "index.html").read_text()
     doc = _parse(page)

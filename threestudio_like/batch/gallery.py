@@ -5,7 +5,9 @@ inline CSS and a few lines of inline script, and only *relative* links into the 
 (turntable videos, thumbnails, meshes, logs, configs), so the folder can be copied or moved
 as a whole. Per asset it shows the prompt (or the input image), recipe, seed, time taken,
 final loss, steps and attempts, the turntable video (plays on hover), a thumbnail and links
-to ``.glb/.obj/.ply``; failed jobs show their error and a link to their log.
+to ``.glb/.obj/.ply``; failed jobs show their error and a link to their log. A trial's outputs,
+steps and final loss come from its ``status.json`` (what the run recorded writing them); only a
+trial without one is scanned by file names.
 
 The inline script marks every video and image ``data-media="ok"`` once the browser has
 loaded it (``"broken"`` and a visible notice otherwise), which the tests read back from a
@@ -24,7 +26,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import quote
 
-from threestudio_like.batch.state import BatchState, atomic_write_text
+from threestudio_like.batch.state import BatchState
+from threestudio_like.run_status import read_status
+from threestudio_like.utils.files import atomic_write_text
 
 MESH_FORMATS = ("glb", "obj", "ply")
 
@@ -67,6 +71,57 @@ def read_final_loss(metrics_csv: Union[str, Path]) -> Tuple[Optional[float], Opt
 def collect_result(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any]:
     """Outputs of a trial directory, as paths relative to the batch folder.
 
+    Read from the trial's ``status.json`` (:func:`result_from_status`) when it has one; trials
+    without a status (written before it existed) are scanned (:func:`scan_trial`).
+    """
+    status = read_status(Path(batch_dir) / trial_rel)
+    if status is not None and isinstance(status.get("outputs"), dict):
+        return result_from_status(batch_dir, trial_rel, status)
+    return scan_trial(batch_dir, trial_rel)
+
+
+def _empty_result() -> Dict[str, Any]:
+    return {"video": None, "thumbnail": None, "meshes": {}, "final_loss": None, "steps": None}
+
+
+def _finite(value: Any) -> Optional[float]:
+    """A loss for the summary: JSON has no NaN."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def result_from_status(batch_dir: Union[str, Path], trial_rel: str, status: Dict[str, Any]) -> Dict[str, Any]:
+    """The outputs a run recorded in its status (files that still exist): ``video`` (mp4, else
+    gif), ``thumbnail`` (the turntable's first frame, the front view, else the last validation
+    image), ``meshes`` by format, ``steps`` (the step reached) and ``final_loss`` (the last loss)."""
+    batch_dir = Path(batch_dir)
+    trial = batch_dir / trial_rel
+    outputs = status["outputs"]
+
+    def existing(rel: Any) -> Optional[str]:
+        if not isinstance(rel, str) or not rel:
+            return None
+        path = trial / rel
+        return _rel(path, batch_dir) if path.is_file() else None
+
+    out = _empty_result()
+    out["video"] = existing(outputs.get("video")) or existing(outputs.get("gif"))
+    frames = outputs.get("turntable_frames")
+    out["thumbnail"] = (existing(f"{frames}/0.png") if isinstance(frames, str) else None) \
+        or existing(outputs.get("validation"))
+    meshes = outputs.get("meshes") if isinstance(outputs.get("meshes"), dict) else {}
+    for fmt in MESH_FORMATS:
+        found = existing(meshes.get(fmt))
+        if found:
+            out["meshes"][fmt] = found
+    step = status.get("step")
+    out["steps"] = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+    out["final_loss"] = _finite(status.get("loss"))
+    return out
+
+
+def scan_trial(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any]:
+    """Outputs of a trial without a ``status.json``, found by their names.
+
     ``video``: the latest ``save/it<N>-test.mp4`` (or ``.gif``); ``thumbnail``: its first frame
     (``save/it<N>-test/0.png``, the front view) or else the latest validation grid; ``meshes``:
     the latest ``save/it<N>-export/model.*``; ``final_loss``: the last ``train/loss`` logged.
@@ -75,7 +130,7 @@ def collect_result(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any
     trial = batch_dir / trial_rel
     save = trial / "save"
     names = os.listdir(save) if save.is_dir() else []
-    out: Dict[str, Any] = {"video": None, "thumbnail": None, "meshes": {}, "final_loss": None, "steps": None}
+    out = _empty_result()
     steps: List[int] = []
     video = _max_step(names, r"it(\d+)-test\.mp4") or _max_step(names, r"it(\d+)-test\.gif")
     if video:
@@ -96,7 +151,7 @@ def collect_result(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any
                 out["meshes"][fmt] = _rel(mesh, batch_dir)
                 break
     loss, loss_step = read_final_loss(trial / "logs" / "csv" / "metrics.csv")
-    out["final_loss"] = loss if loss is not None and math.isfinite(loss) else None  # JSON has no NaN
+    out["final_loss"] = _finite(loss)
     if loss_step is not None:
         steps.append(loss_step + 1)
     out["steps"] = max(steps) if steps else None

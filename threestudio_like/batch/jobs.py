@@ -24,35 +24,28 @@ of ``key=value`` or a mapping), ``seed`` / ``seeds``, ``export`` (obj/glb/ply), 
 (keys halved after each out-of-memory failure) and ``env`` (extra environment variables).
 Relative paths are looked up in the current directory, then next to the job file.
 
-Every problem is reported at once, each naming the job and the field, and each job's config is
-composed and checked with :func:`threestudio_like.config.load_config` (unknown keys, missing
-values, trainer arguments), so a typo fails the batch before the first job starts.
+Every problem is reported at once, each naming the job and the field: the fields of each entry
+are checked by :mod:`.entries`; here entries become jobs (one per seed, with unique ids) and each
+job's config is composed and checked with :func:`threestudio_like.config.load_config` (unknown
+keys, missing values, trainer arguments), so a typo fails the batch before the first job starts.
 """
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from threestudio_like.batch.entries import (JOB_KEYS, SETTING_KEYS, Override, Problems, entry_label,
+                                            normalize_overrides, parse_settings, read_entries, unknown_field)
 from threestudio_like.config import ALIASES, ConfigError, find_config_file, load_config, slugify
 from threestudio_like.errors import JobFileError
-
-TOP_KEYS = ("name", "output_dir", "defaults", "jobs")
-SETTING_KEYS = ("config", "overrides", "seed", "seeds", "export", "retries", "retry_delay",
-                "timeout", "oom_halve", "env")
-JOB_KEYS = ("name", "prompt", "image") + SETTING_KEYS
-# Config keys the runner sets itself (each job gets a fixed trial directory and its seed field).
-RUNNER_KEYS = ("trial_dir", "exp_root_dir", "resume", "use_timestamp", "timestamp", "seed")
-EXPORT_FORMATS = ("obj", "glb", "ply")
-YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 BUILTIN_SETTINGS: Dict[str, Any] = {
     "config": None,
@@ -65,10 +58,6 @@ BUILTIN_SETTINGS: Dict[str, Any] = {
     "oom_halve": ["data.batch_size", "system.renderer.eval_chunk_size"],
     "env": {},
 }
-
-Override = Tuple[str, Any, str]
-"""(dotted key, value, the text as written)."""
-
 
 @dataclass
 class Job:
@@ -133,213 +122,6 @@ class BatchSpec:
     jobs: List[Job]
 
 
-# ------------------------------------------------------------------------------------------
-# parsing
-
-
-class _Problems:
-    """Collects problems so that a job file reports all of them at once."""
-
-    def __init__(self) -> None:
-        self._items: List[Tuple[int, str]] = []
-
-    def add(self, where: str, fieldname: Optional[str], message: str) -> None:
-        m = re.match(r"job (\d+)", where)
-        text = f"{where}, field '{fieldname}': {message}" if fieldname else f"{where}: {message}"
-        self._items.append((int(m.group(1)) if m else 0, text))
-
-    @property
-    def items(self) -> List[str]:
-        """Problems in job-file order (file-level ones first)."""
-        return [text for _, text in sorted(self._items, key=lambda item: item[0])]
-
-
-def _entry_label(index: int, entry: Any) -> str:
-    hint = ""
-    if isinstance(entry, dict):
-        hint = entry.get("name") or entry.get("prompt") or entry.get("image") or ""
-        if isinstance(hint, list):
-            hint = hint[0] if hint else ""
-    elif isinstance(entry, str):
-        hint = entry
-    hint = str(hint)
-    if len(hint) > 40:
-        hint = hint[:37] + "..."
-    return f'job {index} ("{hint}")' if hint else f"job {index}"
-
-
-def _unknown(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"unknown field '{key}'.{hint} Valid fields: {', '.join(valid)}."
-
-
-def _flatten(mapping: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
-    out: List[Tuple[str, Any]] = []
-    for key, value in mapping.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.extend(_flatten(value, full))
-        else:
-            out.append((full, value))
-    return out
-
-
-def parse_override(text: str) -> Tuple[str, Any]:
-    """``key=value`` as on the command line (the value is parsed the same way)."""
-    if "=" not in text:
-        raise ValueError(f"'{text}' is not of the form key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip().lstrip("+")
-    if not key:
-        raise ValueError(f"'{text}' has an empty key")
-    try:
-        parsed = OmegaConf.from_dotlist([f"{key}={raw}"])
-    except Exception as exc:  # omegaconf grammar errors
-        raise ValueError(f"could not parse '{text}': {exc}") from None
-    value = OmegaConf.select(parsed, key)
-    return key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def _normalize_overrides(value: Any, where: str, problems: _Problems) -> List[Override]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, dict):
-        pairs = [(k, v, f"{k}={v}") for k, v in _flatten(value)]
-    elif isinstance(value, list):
-        pairs = []
-        for item in value:
-            if not isinstance(item, str):
-                problems.add(where, "overrides", f"items must be 'key=value' strings, got {item!r}")
-                continue
-            try:
-                key, parsed = parse_override(item)
-            except ValueError as exc:
-                problems.add(where, "overrides", str(exc))
-                continue
-            pairs.append((key, parsed, item))
-    else:
-        problems.add(where, "overrides", f"expected a list of key=value or a mapping, got {type(value).__name__}")
-        return []
-    out: List[Override] = []
-    for key, val, text in pairs:
-        if key in ALIASES:
-            problems.add(where, "overrides", f"'{key}=' belongs in the job's own '{key}' field")
-        elif key in RUNNER_KEYS:
-            hint = " (use the 'seed'/'seeds' field)" if key == "seed" else ""
-            problems.add(where, "overrides", f"'{key}' is set by the batch runner{hint}")
-        else:
-            out.append((key, val, text))
-    return out
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _parse_settings(entry: Dict[str, Any], where: str, problems: _Problems) -> Dict[str, Any]:
-    """Type-check the shared settings of a job or of ``defaults``; returns the given ones."""
-    out: Dict[str, Any] = {}
-    if "config" in entry:
-        if isinstance(entry["config"], str) and entry["config"].strip():
-            out["config"] = entry["config"].strip()
-        else:
-            problems.add(where, "config", f"expected a recipe name or path, got {entry['config']!r}")
-    if "overrides" in entry:
-        out["overrides"] = _normalize_overrides(entry["overrides"], where, problems)
-    if "seed" in entry and "seeds" in entry:
-        problems.add(where, "seeds", "give either 'seed' or 'seeds', not both")
-    elif "seed" in entry or "seeds" in entry:
-        key = "seed" if "seed" in entry else "seeds"
-        seeds = entry[key] if isinstance(entry[key], list) else [entry[key]]
-        if not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-            problems.add(where, key, f"expected non-negative integer(s), got {entry[key]!r}")
-        elif len(set(seeds)) != len(seeds):
-            problems.add(where, key, f"repeated seeds in {seeds}")
-        else:
-            out["seeds"] = seeds
-    if "export" in entry:
-        fmts = entry["export"] if isinstance(entry["export"], list) else [entry["export"]]
-        bad = [f for f in fmts if f not in EXPORT_FORMATS]
-        if not fmts or bad:
-            problems.add(where, "export", f"formats must be among {', '.join(EXPORT_FORMATS)}, got {entry['export']!r}")
-        else:
-            out["export"] = list(dict.fromkeys(fmts))
-    if "retries" in entry:
-        if _is_int(entry["retries"]) and entry["retries"] >= 0:
-            out["retries"] = entry["retries"]
-        else:
-            problems.add(where, "retries", f"expected an integer >= 0, got {entry['retries']!r}")
-    if "retry_delay" in entry:
-        if _is_number(entry["retry_delay"]) and entry["retry_delay"] >= 0:
-            out["retry_delay"] = float(entry["retry_delay"])
-        else:
-            problems.add(where, "retry_delay", f"expected seconds >= 0, got {entry['retry_delay']!r}")
-    if "timeout" in entry:
-        t = entry["timeout"]
-        if t is None or (_is_number(t) and t > 0):
-            out["timeout"] = None if t is None else float(t)
-        else:
-            problems.add(where, "timeout", f"expected seconds > 0 (or null), got {t!r}")
-    if "oom_halve" in entry:
-        keys = entry["oom_halve"]
-        if isinstance(keys, list) and all(isinstance(k, str) for k in keys):
-            out["oom_halve"] = list(keys)
-        else:
-            problems.add(where, "oom_halve", f"expected a list of config keys, got {keys!r}")
-    if "env" in entry:
-        env = entry["env"]
-        if isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in env.items()):
-            out["env"] = {k: str(v) for k, v in env.items()}
-        else:
-            problems.add(where, "env", f"expected a mapping of NAME: value, got {env!r}")
-    return out
-
-
-def _read_entries(path: Path, problems: _Problems) -> Tuple[Dict[str, Any], List[Any]]:
-    """The top-level mapping (name, defaults, ...) and the raw job entries."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() not in YAML_SUFFIXES:
-        entries: List[Any] = []
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.lower().startswith("image:"):
-                entries.append({"image": line.split(":", 1)[1].strip()})
-            else:
-                entries.append({"prompt": line})
-        return {}, entries
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.add(str(path.name), None, f"not valid YAML: {exc}")
-        return {}, []
-    if data is None:
-        data = {}
-    if isinstance(data, list):
-        data = {"jobs": data}
-    if not isinstance(data, dict):
-        problems.add("top level", None, f"expected a mapping with 'jobs' (or a list of jobs), got {type(data).__name__}")
-        return {}, []
-    for key in data:
-        if key not in TOP_KEYS:
-            problems.add("top level", None, _unknown(key, TOP_KEYS))
-    jobs = data.get("jobs")
-    if not isinstance(jobs, list):
-        problems.add("top level", "jobs", "expected a list of jobs" if jobs is not None else "missing: list the jobs under 'jobs:'")
-        jobs = []
-    return data, jobs
-
-
 def _resolve_file(name: str, base: Path) -> Optional[Path]:
     for cand in (Path(name), base / name):
         if cand.is_file():
@@ -372,11 +154,11 @@ def load_job_file(
     ``output_dir`` replaces the batch folder (default ``<output_dir>/<name>`` from the file).
     """
     path = Path(path)
-    problems = _Problems()
+    problems = Problems()
     if not path.is_file():
         raise JobFileError(path, [f"job file not found: {path}"])
     base = path.resolve().parent
-    top, entries = _read_entries(path, problems)
+    top, entries = read_entries(path, problems)
 
     settings = dict(BUILTIN_SETTINGS)
     defaults = top.get("defaults") or {}
@@ -385,11 +167,11 @@ def load_job_file(
         defaults = {}
     for key in defaults:
         if key not in SETTING_KEYS:
-            problems.add("defaults", None, _unknown(key, SETTING_KEYS))
-    settings.update(_parse_settings(defaults, "defaults", problems))
+            problems.add("defaults", None, unknown_field(key, SETTING_KEYS))
+    settings.update(parse_settings(defaults, "defaults", problems))
     if config:
         settings["config"] = config
-    cli_overrides = _normalize_overrides(list(overrides), "command line", problems)
+    cli_overrides = normalize_overrides(list(overrides), "command line", problems)
 
     name = top.get("name") if top.get("name") is not None else path.stem
     if not isinstance(name, str) or not name.strip():
@@ -406,7 +188,7 @@ def load_job_file(
 
     jobs: List[Job] = []
     for index, entry in enumerate(entries, start=1):
-        where = _entry_label(index, entry)
+        where = entry_label(index, entry)
         if isinstance(entry, str):
             entry = {"prompt": entry}
         if not isinstance(entry, dict):
@@ -414,9 +196,9 @@ def load_job_file(
             continue
         for key in entry:
             if key not in JOB_KEYS:
-                problems.add(where, None, _unknown(key, JOB_KEYS))
+                problems.add(where, None, unknown_field(key, JOB_KEYS))
         job_settings = dict(settings)
-        given = _parse_settings(entry, where, problems)
+        given = parse_settings(entry, where, problems)
         job_settings.update({k: v for k, v in given.items() if k != "overrides"})
         job_settings["overrides"] = list(settings["overrides"]) + given.get("overrides", []) + cli_overrides
         jobs.extend(_expand_entry(entry, index, where, job_settings, base, problems))
@@ -430,7 +212,7 @@ def load_job_file(
 
 
 def _expand_entry(entry: Dict[str, Any], index: int, where: str, settings: Dict[str, Any],
-                  base: Path, problems: _Problems) -> List[Job]:
+                  base: Path, problems: Problems) -> List[Job]:
     """One job per seed, with the prompt/image/config checked and resolved."""
     ok = True
     name = entry.get("name")
@@ -498,7 +280,7 @@ def _base_id(job: Job) -> str:
     return slugify(Path(job.config_name).stem, 48)
 
 
-def _assign_ids(jobs: List[Job], problems: _Problems) -> None:
+def _assign_ids(jobs: List[Job], problems: Problems) -> None:
     """Stable, unique, directory-safe ids: the name (or prompt slug), ``-s<seed>`` per seed.
 
     Explicit names are reserved first, so adding an unnamed job never renames a named one.
@@ -581,7 +363,7 @@ def _field_of(job: Job, message: str) -> str:
     return "config"
 
 
-def _validate_config(job: Job, problems: _Problems) -> None:
+def _validate_config(job: Job, problems: Problems) -> None:
     try:
         composed = compose_job_config(job)
         resolved = validate_composed(composed)

@@ -7,18 +7,27 @@ or an out-of-memory error kills only that job), writing to its own trial directo
 ``<batch>/state.json`` (see :mod:`.state`), so re-running the same command resumes: done jobs
 are skipped, interrupted ones continue from ``ckpts/last.ckpt``.
 
-Failures are classified from the exit status and the log and retried up to ``retries`` times,
-each after ``retry_delay * 2**(failures-1)`` seconds (at most an hour) while other jobs go on:
+Each attempt gets its own run id (``$THREESTUDIO_LIKE_RUN_ID``) and writes its status to
+``<trial>/status.json`` (``$THREESTUDIO_LIKE_STATUS_FILE``). Its outcome is decided from that
+status (if this attempt wrote it) and the exit status only (:func:`.outcome.classify`); the log is
+for people and is never parsed. Failures are retried up to ``retries`` times, each after
+``retry_delay * 2**(failures-1)`` seconds (at most an hour) while other jobs go on:
 
-======== ===================================================== ==============================
-outcome  recognised by                                         next attempt
-======== ===================================================== ==============================
-oom      "out of memory" in the log, or killed by SIGKILL      resumes, ``oom_halve`` keys halved
-nan      "non-finite loss" (exit 1)                            resumes from the last good ckpt
-timeout  ran past the job's ``timeout``                        resumes from the checkpoint
-crash    any other failure                                     resumes from the checkpoint
-config   exit status 2 (a config error found at run time)      not retried
-======== ===================================================== ==============================
+=========== ============================================================ ==============================
+outcome     decided by                                                   next attempt
+=========== ============================================================ ==============================
+ok          status ``finished`` and exit status 0                        none: the job is done
+interrupted the runner was stopping (Ctrl-C, SIGTERM, SIGHUP)            resumes on the next run
+timeout     ran past the job's ``timeout``                               resumes from the checkpoint
+oom         error category ``oom``, or killed by SIGKILL (-9 or 137)     resumes, ``oom_halve`` keys halved
+nan         error category ``nonfinite``                                 resumes from the last good ckpt
+config      error exit code 2 (categories config, weights, checkpoint)   not retried
+crash       anything else, also no status written by this attempt        resumes from the checkpoint
+=========== ============================================================ ==============================
+
+The error shown in the state and the gallery is the status's ``error.message``; an attempt that
+wrote no status of its own is described by its exit status ("killed by SIGSEGV", "exited with
+status 1 without a status").
 
 Ctrl-C (or SIGTERM/SIGHUP) asks every running job to save a checkpoint and exit, marks them
 pending and exits with status 130; a second Ctrl-C kills them at once (they keep their last
@@ -28,324 +37,26 @@ Exit status: 0 all jobs done, 1 some failed, 2 bad job file / batch locked, 130 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from threestudio_like.batch.gallery import collect_result, format_seconds, write_gallery
-from threestudio_like.batch.jobs import BatchSpec, Job, JobFileError, load_job_file
-from threestudio_like.batch.state import (BatchLock, BatchLockedError, BatchState, atomic_write_text,
-                                          new_job_record, now)
-
-DONE_MARK = "Done. Outputs in"
-OOM_PATTERNS = ("out of memory", "outofmemoryerror", "memoryerror", "cudnn_status_alloc_failed")
-MAX_DELAY_S = 3600.0
-LOG_TAIL_BYTES = 256 * 1024
-
-
-# ------------------------------------------------------------------------------------------
-# attempts: commands, classification, back-off
-
-
-@dataclass
-class AttemptResult:
-    """How an attempt ended: the exit status (None if the launcher lost it) and a reason."""
-
-    rc: Optional[int]
-    error: Optional[str] = None
-
-
-def error_line(text: str) -> str:
-    """The most telling line of a failed job's log: ``error: ...``, an exception, or the last line."""
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("error:"):
-            idx = lines.index(ln)
-            return "\n".join(lines[idx: idx + 3])[:800]
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?", ln):
-            return ln[:800]
-    return lines[-1][:800] if lines else "no output"
-
-
-def classify(rc: Optional[int], text: str, *, timed_out: bool = False, stopping: bool = False,
-             launcher_error: Optional[str] = None) -> Tuple[str, Optional[str]]:
-    """``(outcome, error)`` of a finished attempt from its exit status and log text."""
-    finished = DONE_MARK in text
-    if rc == 0 and finished:
-        return "ok", None
-    if stopping:
-        return "interrupted", None
-    if timed_out:
-        return "timeout", "ran past its timeout; " + error_line(text)
-    if launcher_error and rc is None:
-        return "crash", launcher_error
-    low = text.lower()
-    if any(p in low for p in OOM_PATTERNS):
-        return "oom", error_line(text)
-    if rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
-        return "oom", "killed by SIGKILL (most likely the system's out-of-memory killer)"
-    if "non-finite loss" in text:
-        return "nan", error_line(text)
-    if rc == 2:
-        return "config", error_line(text)
-    if rc is not None and rc < 0:
-        return "crash", f"killed by {signal.Signals(-rc).name}; " + error_line(text)
-    if rc == 0:
-        return "crash", "exited before finishing (was it terminated?)"
-    return "crash", error_line(text)
-
-
-def retry_delay(base: float, failures: int) -> float:
-    """Seconds to wait before the next attempt after ``failures`` failures."""
-    return min(base * 2 ** max(failures - 1, 0), MAX_DELAY_S)
-
-
-def oom_overrides(config_file: str, keys: Sequence[str], count: int) -> List[str]:
-    """``key=value`` overrides halving each of ``keys`` ``count`` times (at least 1).
-
-    ``data.batch_size`` stays a multiple of ``data.n_view`` (multi-view priors); keys the
-    recipe does not have are skipped; lists (per-resolution batch sizes) are halved per item.
-    """
-    if count <= 0 or not keys:
-        return []
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(config_file)
-    n_view = OmegaConf.select(cfg, "data.n_view", default=1, throw_on_resolution_failure=False) or 1
-    out = []
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if value is None:
-            continue
-        unit = int(n_view) if key == "data.batch_size" else 1
-
-        def halve(v: Any) -> Any:
-            if not isinstance(v, int) or isinstance(v, bool):
-                return v
-            return max(unit, (v // 2 ** count) // unit * unit)
-
-        if OmegaConf.is_list(value):
-            items = OmegaConf.to_container(value)
-            new = [halve(v) for v in items]
-            if new != items:
-                out.append(f"{key}=[{','.join(str(v) for v in new)}]")
-        else:
-            new = halve(value)
-            if new != value:
-                out.append(f"{key}={new}")
-    return out
-
-
-def checkpoint_step(path: str) -> Optional[int]:
-    """The global step stored in a Lightning checkpoint (None if unreadable)."""
-    try:
-        import torch
-
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return int(ckpt.get("global_step"))
-    except Exception:
-        return None
-
-
-def with_resume(cmd: Sequence[str], ckpt: str) -> List[str]:
-    """The attempt's command, resuming from ``ckpt`` if it exists when the attempt starts."""
-    return list(cmd) + ([f"resume={ckpt}"] if os.path.isfile(ckpt) else [])
-
-
-# ------------------------------------------------------------------------------------------
-# local workers
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the runner dies (Linux), so a killed runner's jobs
-    checkpoint and exit instead of running on unsupervised."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class LocalHandle:
-    """A running local attempt (one child process)."""
-
-    def __init__(self, proc: "subprocess.Popen[bytes]", log: Any) -> None:
-        self.proc = proc
-        self._log = log
-
-    @property
-    def ident(self) -> Dict[str, Any]:
-        return {"pid": self.proc.pid}
-
-    def poll(self) -> Optional[AttemptResult]:
-        """How the attempt ended, or None while it runs."""
-        rc = self.proc.poll()
-        if rc is None:
-            return None
-        self._log.close()
-        return AttemptResult(rc)
-
-    def interrupt(self) -> None:
-        """Ask the job to save a checkpoint and exit (as Ctrl-C would)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-
-    def kill(self) -> None:
-        """SIGKILL the job (it keeps its last periodic checkpoint)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-
-class LocalLauncher:
-    """One worker slot per GPU (``CUDA_VISIBLE_DEVICES`` set per slot), or ``workers`` CPU slots."""
-
-    name = "local"
-
-    def __init__(self, gpus: Optional[Sequence[str]] = None, workers: int = 1) -> None:
-        self.gpus = list(gpus or [])
-        if self.gpus:
-            self.slots = [f"gpu{g}" for g in self.gpus]
-            self._env = {f"gpu{g}": {"CUDA_VISIBLE_DEVICES": str(g)} for g in self.gpus}
-        else:
-            self.slots = [f"cpu{i}" for i in range(max(int(workers), 1))]
-            threads = max((os.cpu_count() or 1) // len(self.slots), 1)
-            extra = {"OMP_NUM_THREADS": str(threads)} if len(self.slots) > 1 and "OMP_NUM_THREADS" not in os.environ else {}
-            self._env = {slot: dict(extra) for slot in self.slots}
-
-    def describe(self) -> str:
-        """One line for the progress view and the state's run log."""
-        return f"local, {len(self.slots)} worker(s): {', '.join(self.slots)}"
-
-    def start(self, slot: str, job_id: str, cmd: Sequence[str], ckpt: str, env: Dict[str, str],
-              log_path: str) -> LocalHandle:
-        """Start one attempt on ``slot``, output appended to ``log_path``."""
-        full_cmd = with_resume(cmd, ckpt)
-        child_env = {**os.environ, **env, **self._env[slot]}
-        log = open(log_path, "ab")
-        proc = subprocess.Popen(
-            full_cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
-            start_new_session=True,  # the terminal's Ctrl-C reaches the runner, which stops jobs once
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        return LocalHandle(proc, log)
-
-    def reattach(self, attempt: Dict[str, Any]) -> Optional[LocalHandle]:
-        """Stop a job left running by a runner that was killed (it resumes from its checkpoint)."""
-        pid = attempt.get("pid")
-        if pid and _is_our_process(pid, attempt.get("config_file", "")):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + 120
-            while time.time() < deadline and _alive(pid):
-                time.sleep(0.2)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _is_our_process(pid: int, marker: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode(errors="replace")
-    except OSError:
-        return False
-    return bool(marker) and marker in cmdline and _alive(pid)
-
-
-def detect_gpus() -> List[str]:
-    """Visible GPU ids: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``; [] without GPUs."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if out.returncode != 0:
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
-
-
-# ------------------------------------------------------------------------------------------
-# progress
-
-
-class ProgressView:
-    """Overall progress: a live rich table on a terminal, plain periodic lines otherwise."""
-
-    def __init__(self, runner: "Runner", stream: TextIO, every: float = 30.0) -> None:
-        self.runner = runner
-        self.stream = stream
-        self.every = every
-        self.last_line = 0.0
-        self.live = None
-        if stream.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
-            self.live = Live(console=Console(file=stream), refresh_per_second=2, transient=False,
-                             get_renderable=self._renderable)
-            self.live.start()
-
-    def event(self, message: str) -> None:
-        """Print a timestamped event line (above the live table on a terminal)."""
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        if self.live is not None:
-            self.live.console.print(line, markup=False, highlight=False)
-        else:
-            print(line, file=self.stream, flush=True)
-
-    def tick(self, force: bool = False) -> None:
-        """Print the overview line when it is due (off a terminal)."""
-        if self.live is not None:
-            return  # the live view refreshes itself
-        if force or time.time() - self.last_line >= self.every:
-            self.last_line = time.time()
-            print(f"[{time.strftime('%H:%M:%S')}] {self.runner.overview()}", file=self.stream, flush=True)
-
-    def _renderable(self) -> Any:
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("worker", "job", "attempt", "step", "elapsed"):
-            table.add_column(col)
-        try:  # this runs in rich's refresh thread while the runner updates ``running``
-            running = sorted(list(self.runner.running.items()))
-        except RuntimeError:
-            running = []
-        for slot, run in running:
-            table.add_row(slot, run.job_id, str(run.attempt_no), self.runner.job_step(run.job_id),
-                          format_seconds(time.time() - run.started))
-        return Group(Text(self.runner.overview(), style="bold"), table)
-
-    def close(self) -> None:
-        """Stop the live view."""
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+from threestudio_like.batch.jobs import BatchSpec, Job, load_job_file
+from threestudio_like.batch.local import LocalLauncher, detect_gpus
+from threestudio_like.batch.options import build_parser, print_check
+from threestudio_like.batch.outcome import AttemptResult, attempt_status, classify, oom_overrides, retry_delay
+from threestudio_like.batch.progress import ProgressView, status_progress
+from threestudio_like.batch.state import BatchLock, BatchState, new_job_record, now
+from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable
+from threestudio_like.run_status import ENV_RUN_ID, ENV_STATUS_FILE, STATUS_FILE
+from threestudio_like.utils.files import atomic_write_text
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,16 +65,17 @@ class ProgressView:
 
 @dataclass
 class _Running:
+    """An attempt in progress on a worker slot."""
+
     job_id: str
     slot: str
     handle: Any
     started: float
     attempt_no: int
-    log_offset: int
+    run_id: Optional[str]
     deadline: Optional[float] = None
     timed_out: bool = False
     kill_at: Optional[float] = None
-    extra: List[str] = field(default_factory=list)
 
 
 class Runner:
@@ -486,10 +198,10 @@ class Runner:
         if job.image:
             first = job.image if isinstance(job.image, str) else job.image[0]
             rel = f"inputs/{job.id}{Path(first).suffix.lower()}"
-            if not self.path(rel).is_file():
-                self.path(rel).parent.mkdir(parents=True, exist_ok=True)
+            if not self.path(rel).is_file() and os.path.isfile(first):  # gone since validation: the job
+                self.path(rel).parent.mkdir(parents=True, exist_ok=True)  # itself reports it (a config error)
                 shutil.copyfile(first, self.path(rel))
-            rec["input_image"] = rel
+            rec["input_image"] = rel if self.path(rel).is_file() else None
         cfg = job.composed.copy()
         cfg.trial_dir = str(self.path(rec["trial_dir"]))
         atomic_write_text(self.path(rec["config_file"]), OmegaConf.to_yaml(cfg))
@@ -543,7 +255,7 @@ class Runner:
             slot = free[0] if free else f"reattached-{job_id}"
             attempt = rec["attempts"][-1]
             self.running[slot] = _Running(job_id, slot, handle, attempt["started"], attempt["n"],
-                                          attempt.get("log_offset", 0))
+                                          attempt.get("run_id"))
             self.view.event(f"watching {job_id} again (still running as {handle.ident})")
         handled = 0
         while True:
@@ -602,34 +314,43 @@ class Runner:
         self.running.clear()
 
     def _start(self, slot: str, rec: Dict[str, Any]) -> None:
+        from threestudio_like.models.checkpoints import checkpoint_step  # torch: only when a job starts
+
         job = self.jobs[rec["id"]]
         config_file = str(self.path(rec["config_file"]))
-        ckpt = str(self.path(rec["trial_dir"]) / "ckpts" / "last.ckpt")
-        resumed = checkpoint_step(ckpt) if os.path.isfile(ckpt) else None
+        trial = self.path(rec["trial_dir"])
+        ckpt = str(trial / "ckpts" / "last.ckpt")
+        has_ckpt = os.path.isfile(ckpt)
+        resumed = checkpoint_step(ckpt) if has_ckpt else None
         extra = oom_overrides(config_file, job.oom_halve, rec.get("oom_count", 0))
         cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, "--train", *extra]
         attempt_no = len(rec["attempts"]) + 1
+        run_id = f"{job.id}-{attempt_no}-{uuid.uuid4().hex[:8]}"
+        if resumed is not None:
+            how = f"resuming from step {resumed}"
+        elif has_ckpt:  # the training refuses it if it is damaged or unsafe (a config failure)
+            how = "resuming from a checkpoint whose step cannot be read"
+        else:
+            how = "from scratch"
         log_path = self.path(rec["log"])
         with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      + (f", resuming from step {resumed}" if resumed is not None else "")
-                      + (f", back-off: {' '.join(extra)}" if extra else "") + " =====\n")
+            log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}, {how}"
+                      + (f", back-off: {' '.join(extra)}" if extra else "") + f" (run id {run_id}) =====\n")
         offset = log_path.stat().st_size
-        env = {**job.env, "PYTHONUNBUFFERED": "1"}
+        env = {**job.env, "PYTHONUNBUFFERED": "1", ENV_RUN_ID: run_id, ENV_STATUS_FILE: str(trial / STATUS_FILE)}
         handle = self.launcher.start(slot, job.id, cmd, ckpt, env, str(log_path))
         started = time.time()
         rec["attempts"].append({
-            "n": attempt_no, "worker": slot, "started": round(started, 3), "ended": None, "seconds": None,
-            "rc": None, "outcome": None, "error": None, "resumed_from_step": resumed,
-            "overrides_added": extra, "log_offset": offset, **handle.ident,
+            "n": attempt_no, "worker": slot, "run_id": run_id, "started": round(started, 3), "ended": None,
+            "seconds": None, "rc": None, "outcome": None, "error": None, "error_category": None,
+            "resumed_from_step": resumed, "overrides_added": extra, "log_offset": offset, **handle.ident,
         })
         rec["status"] = "running"
         rec["not_before"] = None
         rec["first_started"] = rec.get("first_started") or round(started, 3)
-        self.running[slot] = _Running(job.id, slot, handle, started, attempt_no, offset,
-                                      deadline=started + job.timeout if job.timeout else None, extra=extra)
+        self.running[slot] = _Running(job.id, slot, handle, started, attempt_no, run_id,
+                                      deadline=started + job.timeout if job.timeout else None)
         self.state.save()
-        how = f"resuming from step {resumed}" if resumed is not None else "from scratch"
         self.view.event(f"start  {job.id} on {slot} (attempt {attempt_no}, {how}"
                         + (f", {' '.join(extra)}" if extra else "") + ")")
 
@@ -650,26 +371,18 @@ class Runner:
             del self.running[slot]
             self._finish(run, result)
 
-    def _read_log(self, rec: Dict[str, Any], offset: int) -> str:
-        try:
-            with open(self.path(rec["log"]), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(offset, size - LOG_TAIL_BYTES))
-                return f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
     def _finish(self, run: _Running, result: AttemptResult) -> None:
         rec = self.state.jobs[run.job_id]
         job = self.jobs[run.job_id]
         ended = time.time()
-        text = self._read_log(rec, run.log_offset)
-        outcome, error = classify(result.rc, text, timed_out=run.timed_out, stopping=self._stopping,
+        status = attempt_status(self.path(rec["trial_dir"]) / STATUS_FILE, run.run_id)
+        outcome, error = classify(result.rc, status, timed_out=run.timed_out, stopping=self._stopping,
                                   launcher_error=result.error)
         seconds = round(ended - run.started, 2)
         attempt = rec["attempts"][-1]
-        attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error)
+        category = ((status or {}).get("error") or {}).get("category")
+        attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error,
+                       error_category=category)
         rec["seconds"] = round(rec["seconds"] + seconds, 2)
         if outcome == "ok":
             rec.update(status="done", finished=round(ended, 3), error=None)
@@ -700,20 +413,11 @@ class Runner:
 
     # ------------------------------------------------------------ progress
     def job_step(self, job_id: str) -> str:
-        """``step/max`` of a running job, read from the tail of its log."""
+        """Progress of a running job from its ``status.json``: ``57/600``, ``test 12/48``; ``-``
+        before its attempt has written a status."""
         rec = self.state.jobs[job_id]
-        try:
-            with open(self.path(rec["log"]), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(f.tell() - 4096, 0))
-                tail = f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return "-"
-        found = re.findall(r"(step|turntable frame) (\d+)/(\d+)", tail)
-        if not found:
-            return "-"
-        kind, done, total = found[-1]
-        return f"{done}/{total}" if kind == "step" else f"turntable {done}/{total}"
+        run_id = rec["attempts"][-1].get("run_id") if rec.get("attempts") else None
+        return status_progress(attempt_status(self.path(rec["trial_dir"]) / STATUS_FILE, run_id))
 
     def overview(self) -> str:
         """``done 3/10, running 2, failed 1, pending 4, ETA 1h02m``."""
@@ -733,54 +437,6 @@ class Runner:
 
 # ------------------------------------------------------------------------------------------
 # command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``--batch`` command line."""
-    parser = argparse.ArgumentParser(
-        prog="launch.py",
-        description="Run a queue of jobs (prompts/images) overnight; resume by re-running the same command. "
-                    "Extra key=value arguments override the config of every job. See docs/batch.md.",
-    )
-    parser.add_argument("--batch", required=True, metavar="JOBS", help="job file: YAML, or plain text (one prompt per line)")
-    parser.add_argument("--config", help="default recipe for jobs that name none (needed by a plain-text job file)")
-    parser.add_argument("--out", help="batch folder (default: <output_dir>/<name> from the job file, "
-                                      "outputs/batches/<job file name>)")
-    parser.add_argument("--gpus", help="GPU ids, one worker each, e.g. 0,1,2,3; 'cpu' to run on CPU "
-                                       "(default: every visible GPU, else one CPU worker)")
-    parser.add_argument("--workers", type=int, default=1, help="number of CPU workers when there is no GPU (default 1)")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                        help="local worker processes (default) or SLURM through submitit")
-    parser.add_argument("--retry-failed", action="store_true", help="give failed jobs a new set of attempts")
-    parser.add_argument("--redo", default="", metavar="IDS", help="comma-separated job ids to run again from scratch")
-    parser.add_argument("--check", action="store_true", help="validate the job file, list the jobs and exit")
-    parser.add_argument("--gallery-only", action="store_true", help="rewrite index.html/summary.json from the state and exit")
-    parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines off a terminal")
-    parser.add_argument("--grace", type=float, default=120.0,
-                        help="seconds a stopped job gets to save its checkpoint before it is killed")
-    slurm = parser.add_argument_group("slurm (with --launcher slurm; needs `pip install submitit`)")
-    slurm.add_argument("--slurm-partition")
-    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job (default 1440)")
-    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1)")
-    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (default 8)")
-    slurm.add_argument("--slurm-mem-gb", type=int, help="memory per job")
-    slurm.add_argument("--slurm-account")
-    slurm.add_argument("--slurm-qos")
-    slurm.add_argument("--slurm-constraint")
-    slurm.add_argument("--slurm-setup", action="append", default=[],
-                       help="shell line run before each job, e.g. 'source ~/venv/bin/activate' (repeatable)")
-    slurm.add_argument("--slurm-max-parallel", type=int, default=32, help="jobs queued on the cluster at once")
-    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
-                       help="submitit executor: 'local' runs the same submissions on this machine (testing)")
-    parser.add_argument("--verbose", action="store_true")
-    return parser
-
-
-def _print_check(spec: BatchSpec, stream: TextIO) -> None:
-    print(f"batch '{spec.name}' -> {spec.output_dir}: {len(spec.jobs)} job(s), all valid", file=stream)
-    for job in spec.jobs:
-        cond = f'prompt "{job.prompt}"' if job.prompt else (f"image {job.image}" if job.image else "no condition")
-        print(f"  {job.id:<32} job {job.index:<3} {Path(job.config).name:<24} seed {job.seed:<5} {cond}", file=stream)
 
 
 def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:
@@ -803,7 +459,7 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        _print_check(spec, stream)
+        print_check(spec, stream)
         return 0
     if args.gallery_only:
         state = BatchState.load(spec.output_dir)
@@ -811,7 +467,7 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
         print(f"Gallery: {index}", file=stream)
         return 0
     if args.launcher == "slurm":
-        from threestudio_like.batch.slurm import SlurmLauncher, SlurmUnavailable
+        from threestudio_like.batch.slurm import SlurmLauncher
 
         try:
             launcher: Any = SlurmLauncher.from_args(Path(spec.output_dir) / "slurm", args)

@@ -4,8 +4,10 @@ The runner stays the orchestrator (same ``state.json``, retries, back-off, galle
 an attempt runs changes. Each attempt is one SLURM job (name ``tsl-<job id>``, one node, one
 task, ``--slurm-gpus`` GPUs) that runs the same training command as a local worker would, on a
 filesystem shared with the login node (the batch folder, the repository and the Python
-environment must be visible from the compute nodes). Submission files, submitit's pickles and
-its stdout/stderr go to ``<batch>/slurm/``; the job's own log is still ``<batch>/logs/<id>.log``.
+environment must be visible from the compute nodes). The attempt's environment, its run id and
+status file included, goes with the submission, so its outcome is read from its ``status.json``
+exactly as for a local worker (:mod:`.outcome`). Submission files, submitit's pickles and its
+stdout/stderr go to ``<batch>/slurm/``; the job's own log is still ``<batch>/logs/<id>.log``.
 
 * Preemption or the time limit: submitit sends SIGUSR2 and calls
   :meth:`SlurmAttempt.checkpoint`, which lets the training save ``last.ckpt`` and requeues the
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from threestudio_like.batch.runner import AttemptResult, with_resume
+from threestudio_like.batch.outcome import AttemptResult, with_resume
 from threestudio_like.errors import SlurmUnavailable
 
 
