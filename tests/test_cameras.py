@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from threestudio_like.cameras import c2w_from_spherical, get_rays, look_at, ray_directions
+from threestudio_like.cameras import c2w_from_spherical, get_rays, ray_directions
 from threestudio_like.data.random_camera import RandomCameraDataModule
 
 

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 from threestudio_like import find
 from threestudio_like.cameras import Cameras
@@ -18,10 +17,8 @@ from conftest import known_answer_ious
 from threestudio_like.cli import main
 from threestudio_like.config import load_config
 from threestudio_like.data.random_camera import make_batch
-from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
 from threestudio_like.guidance import distillation as D
 from threestudio_like.guidance.reference_object import ReferenceObjectGuidance
-from threestudio_like.reference.object import ReferenceObjectGeometry
 from threestudio_like.systems import losses as L
 
 AC = D.scaled_linear_alphas_cumprod().float()

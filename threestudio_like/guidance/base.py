@@ -34,6 +34,17 @@ NoisePredictor = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 """``predict(x_t, t) -> (eps_guided, eps_conditional)``, without grad."""
 
 
+def classifier_free(predict_branches: NoisePredictor, scale: float) -> NoisePredictor:
+    """A guided predictor from ``predict_branches(x_t, t) -> (eps_cond, eps_uncond)``:
+    ``(eps_u + s (eps_c - eps_u), eps_c)``, the convention of every prior here."""
+
+    def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+        eps_cond, eps_uncond = predict_branches(x_t, t)
+        return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
+
+    return predict
+
+
 class BaseGuidance(BaseObject):
     @dataclass
     class Config(BaseObject.Config):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Literal, Tuple, get_args
+from typing import Dict, Literal, Tuple, get_args
 
 import torch
 import torch.nn as nn
@@ -43,15 +43,16 @@ from torch import Tensor
 from threestudio_like import register
 from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad, spherical_coordinates
 from threestudio_like.errors import ConfigError, FieldError
-from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
+from threestudio_like.guidance.base import NoisePredictor, classifier_free
+from threestudio_like.guidance.image_prior import ImagePriorGuidance
+from threestudio_like.guidance.latent_diffusion import UNetBranch, check_unet, unet_and_vae
 from threestudio_like.guidance.multiview_attention import (
     MultiViewAttnProcessor,
     check_view_groups,
     install_attention_processors,
 )
 from threestudio_like.models.architectures import TINY_ESCHERNET_UNET
-from threestudio_like.models.builders import tiny_convnext, tiny_unet, tiny_vae
+from threestudio_like.models.builders import tiny_convnext
 from threestudio_like.models.loader import Part, WeightsRecipe, register_weights
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,20 @@ def install_cape_attention(unet: nn.Module) -> nn.Module:
     return install_attention_processors(unet, CaPEAttnProcessor)
 
 
+@dataclass
+class EscherNetCondition:
+    """The posed references: what the prior knows about the object."""
+
+    images: Tensor
+    """``[N, S, S, 3]`` in [0, 1], white background."""
+    tokens: Tensor
+    """``[1, N * 49, C]`` reference tokens, concatenated along the sequence."""
+    poses: Tensor
+    """``[N, 4, 4]`` (6DoF) or ``[N, 4]`` (4DoF) CaPE poses of the references."""
+    c2w: Tensor
+    """``[N, 4, 4]`` the references' cameras in our convention."""
+
+
 # ------------------------------------------------------------------------------------------
 # reference encoder
 
@@ -210,28 +225,13 @@ def reference_tokens(encoder: nn.Module, pixel_values: Tensor) -> Tensor:
 
 def check_eschernet_networks(parts: Dict[str, nn.Module], where: str) -> None:
     """Clear errors when the weights are not EscherNet's (4 input channels, ConvNeXt-width context)."""
-    unet = parts["unet"]
-    if unet.config.in_channels != 4:
-        raise ConfigError(
-            f"{where} is not an EscherNet UNet: it has {unet.config.in_channels} input channels, not 4 "
-            f"(an 8-channel UNet is Zero-1-to-3's: use zero123-guidance)."
-        )
-    width = parts["image_encoder"].config.hidden_sizes[-1]
-    if unet.config.cross_attention_dim != width:
-        raise ConfigError(
-            f"{where}: the image encoder's tokens are {width}-d but the UNet attends to "
-            f"{unet.config.cross_attention_dim}-d context."
-        )
+    tokens = ("the image encoder's tokens", parts["image_encoder"].config.hidden_sizes[-1])
+    check_unet(parts["unet"], where, "EscherNet", 4, tokens, "(an 8-channel UNet is Zero-1-to-3's: use zero123-guidance)")
 
 
 ESCHERNET_WEIGHTS = register_weights(WeightsRecipe(
-    name="eschernet",
-    what="EscherNet",
-    parts=(
-        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_ESCHERNET_UNET)),
-        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
-        Part("image_encoder", "transformers.ConvNextV2Model", lambda o: tiny_convnext()),
-    ),
+    "eschernet", "EscherNet",
+    (*unet_and_vae(TINY_ESCHERNET_UNET), Part("image_encoder", "transformers.ConvNextV2Model", lambda o: tiny_convnext())),
     check=check_eschernet_networks,
     prepare=lambda parts: install_cape_attention(parts["unet"]),
     extra_patterns=tuple(f"{sub}/*.bin" for sub in ("unet", "vae", "image_encoder")),
@@ -242,34 +242,20 @@ ESCHERNET_WEIGHTS = register_weights(WeightsRecipe(
 # the guidance
 
 
-@dataclass
-class EscherNetCondition:
-    """The posed references: what the prior knows about the object."""
-
-    images: Tensor
-    """``[N, S, S, 3]`` in [0, 1], white background."""
-    tokens: Tensor
-    """``[1, N * 49, C]`` reference tokens, concatenated along the sequence."""
-    poses: Tensor
-    """``[N, 4, 4]`` (6DoF) or ``[N, 4]`` (4DoF) CaPE poses of the references."""
-    c2w: Tensor
-    """``[N, 4, 4]`` the references' cameras in our convention."""
-
-
 @register("eschernet-guidance")
-class EscherNetGuidance(LatentDiffusionGuidance):
-    """EscherNet multi-view prior: M target views denoised jointly given N posed references."""
+class EscherNetGuidance(ImagePriorGuidance):
+    """EscherNet multi-view prior: M target views denoised jointly given N posed references.
+
+    Its condition (:class:`EscherNetCondition`) is the references' ConvNeXt tokens and CaPE poses;
+    the renders' cameras enter as CaPE poses of the target views, inside attention only.
+    """
 
     @dataclass
-    class Config(LatentDiffusionGuidance.Config):
+    class Config(ImagePriorGuidance.Config):
         pretrained_model_name_or_path: str = "kxic/eschernet-6dof"
         """EscherNet weights: kxic/eschernet-6dof, kxic/eschernet-4dof, a local diffusers folder, tiny-random."""
         cape_type: CapeType = "6dof"
         """6dof (4x4 pose matrices; kxic/eschernet-6dof) | 4dof (rotary polar/azimuth/radius; -4dof)."""
-        guidance_scale: float = 3.0
-        """CFG scale against zero reference tokens (EscherNet's default: 3)."""
-        image_size: int = 256
-        """EscherNet works at 256x256 (latents 32x32)."""
         n_view: int = 4
         """Target views denoised jointly per object (consecutive in the batch, one timestep)."""
         shared_timestep: bool = True
@@ -286,10 +272,6 @@ class EscherNetGuidance(LatentDiffusionGuidance):
     condition_type = EscherNetCondition
     condition_hint = ("Use data_type: single-image-datamodule with image=front.png or references=views.yaml "
                       "and an image-to-3D system (it prepares the condition from the posed images).")
-    conditioned_on_images = True
-    sample_defaults = {"steps": 50, "guidance_scale": 3.0, "eta": 0.0,
-                       "views": [[0.0, 90.0], [0.0, 180.0], [0.0, 270.0], [30.0, 0.0]]}
-    """Four views around the first reference, jointly denoised (DDIM)."""
 
     def configure(self) -> None:
         super().configure()
@@ -321,11 +303,7 @@ class EscherNetGuidance(LatentDiffusionGuidance):
         cameras ``c2w`` ``[N, 4, 4]`` (our convention)."""
         if images.shape[0] != c2w.shape[0]:
             raise ConfigError(f"{images.shape[0]} reference images but {c2w.shape[0]} reference cameras.")
-        size = self.cfg.image_size
-        x = images.permute(0, 3, 1, 2).float()
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = (x.clamp(0.0, 1.0) * 2.0 - 1.0).to(self.device)
+        x = self.condition_pixels(images)
         tokens = reference_tokens(self.image_encoder, reference_preprocess(x).to(self.weights_dtype))
         return EscherNetCondition(
             images=((x + 1.0) / 2.0).permute(0, 2, 3, 1).float(),
@@ -350,14 +328,9 @@ class EscherNetGuidance(LatentDiffusionGuidance):
         )
         return eps_cond, eps_uncond
 
-    def guided(self, condition: EscherNetCondition, target: Tensor, n_view: int, scale: float):
+    def guided(self, condition: EscherNetCondition, target: Tensor, n_view: int, scale: float) -> NoisePredictor:
         """``predict(x_t, t) -> (guided eps, conditional eps)`` for target views with poses ``target``."""
-
-        def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-            eps_cond, eps_uncond = self.predict_noise(x_t, t, condition, target, n_view)
-            return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
-
-        return predict
+        return classifier_free(lambda x_t, t: self.predict_noise(x_t, t, condition, target, n_view), scale)
 
     def guide(self, rgb: Tensor, condition: EscherNetCondition, cameras: Cameras,
               rgb_as_latents: bool = False) -> Dict[str, Tensor]:
@@ -368,21 +341,19 @@ class EscherNetGuidance(LatentDiffusionGuidance):
         return self.distil(latents, self.guided(condition, target, n_view, self.cfg.guidance_scale), group=n_view)
 
     # -- sampling (python launch.py --sample) -------------------------------------------------
-    def sample_cameras(self, condition: EscherNetCondition, views: Any) -> Tensor:
-        """``c2w`` ``[M, 4, 4]`` of ``views`` ([delta elevation, delta azimuth] from the first reference)."""
+    def sample_cameras(self, condition: EscherNetCondition, offsets: Tensor) -> Tensor:
+        """``c2w`` ``[M, 4, 4]`` at ``offsets`` ([delta elevation, delta azimuth]) from the first reference."""
         polar, azimuth, radius = spherical_coordinates(condition.c2w[0, :3, 3].float().cpu())
-        offsets = torch.tensor([list(v) for v in views], dtype=torch.float32).reshape(-1, 2)
         elevation = (90.0 - math.degrees(float(polar))) + offsets[:, 0]
         azimuth_deg = math.degrees(float(azimuth)) + offsets[:, 1]
         return c2w_from_spherical(
             deg2rad(elevation.clamp(-89.0, 89.0)), deg2rad(azimuth_deg), torch.full_like(elevation, float(radius))
         )
 
-    @torch.no_grad()
-    def sample(self, condition: EscherNetCondition, settings: Any, generator: Any = None) -> Tensor:
-        """The references followed by ``settings.views`` generated jointly by DDIM: ``[N + M, S, S, 3]``."""
-        c2w = self.sample_cameras(condition, settings.views).to(self.device)
-        n_view = len(c2w)
-        predict = self.guided(condition, self.cape_pose(c2w), n_view, settings.guidance_scale)
-        images = self.sample_images(lambda x_t, t: predict(x_t, t)[0], n_view, settings.steps, generator, settings.eta)
-        return torch.cat([condition.images.to(self.device), images])
+    def view_predictor(self, condition: EscherNetCondition, offsets: Tensor, scale: float) -> NoisePredictor:
+        """The views at ``offsets`` from the first reference, denoised jointly."""
+        c2w = self.sample_cameras(condition, offsets).to(self.device)
+        return self.guided(condition, self.cape_pose(c2w), len(c2w), scale)
+
+    def condition_images(self, condition: EscherNetCondition) -> Tensor:
+        return condition.images

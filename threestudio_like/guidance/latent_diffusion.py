@@ -10,7 +10,7 @@ branch first by convention) and samples with DDIM (``--sample``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,9 @@ from torch import Tensor
 
 from threestudio_like.errors import ConfigError
 from threestudio_like.guidance.base import BaseGuidance
-from threestudio_like.models.builders import freeze, move, pick_device_dtype, seeded
-from threestudio_like.models.loader import WeightsRecipe, load_model
+from threestudio_like.models.builders import freeze, move, pick_device_dtype, seeded, tiny_unet, tiny_vae
+from threestudio_like.models.loader import Part, WeightsRecipe, load_model
+from threestudio_like.prompt.stable_diffusion import PromptEmbeddings
 from threestudio_like.sampling.ddim import ddim_sample
 
 WEIGHTS_KEY = "system.guidance.pretrained_model_name_or_path"
@@ -37,6 +38,26 @@ class UNetBranch:
     """``[B, ...]`` class-embedding input (MVDream's camera)."""
     concat: Optional[Tensor] = None
     """``[B, C, h, w]`` channels appended to the noisy latent (Zero-1-to-3's image latent)."""
+
+
+def unet_and_vae(tiny_unet_spec: Dict[str, Any]) -> Tuple[Part, Part]:
+    """The ``unet`` and ``vae`` parts every latent-diffusion prior has (toy UNet of ``tiny_unet_spec``)."""
+    return (Part("unet", "diffusers.UNet2DConditionModel", lambda options: tiny_unet(tiny_unet_spec)),
+            Part("vae", "diffusers.AutoencoderKL", lambda options: tiny_vae()))
+
+
+def check_unet(unet: nn.Module, where: str, what: str, in_channels: int, context: Tuple[str, int],
+               note: str = "") -> None:
+    """Clear errors when weights are another model's: the UNet's input channels (``note`` says why
+    ``in_channels``), and the width of the context it attends to (``context``: its source's name
+    and width)."""
+    if unet.config.in_channels != in_channels:
+        raise ConfigError(f"{where} is not a {what} UNet: it has {unet.config.in_channels} input channels, "
+                          f"not {in_channels} {note}".rstrip() + ".")
+    name, width = context
+    if unet.config.cross_attention_dim != width:
+        raise ConfigError(f"{where}: {name} is {width}-d but the UNet attends to "
+                          f"{unet.config.cross_attention_dim}-d context.")
 
 
 def _tile_rows(x: Optional[Tensor], rows: int) -> Optional[Tensor]:
@@ -144,6 +165,15 @@ class LatentDiffusionGuidance(BaseGuidance):
         size = self.latent_size
         return F.interpolate(x, (size, size), mode="bilinear", align_corners=False) * 2.0 - 1.0
 
+    def condition_pixels(self, images: Tensor) -> Tensor:
+        """Input images ``[N, H, W, 3]`` in [0, 1] -> ``[N, 3, S, S]`` in [-1, 1] at ``image_size``
+        (antialiased), on the networks' device: what image priors encode as their condition."""
+        size = self.cfg.image_size
+        x = images.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x.clamp(0.0, 1.0) * 2.0 - 1.0).to(self.device)
+
     def to_latents(self, rgb: Tensor, rgb_as_latents: bool) -> Tensor:
         """The renders in the prior's latent space (encoded, or rendered there directly)."""
         self.ensure_device(rgb.device)
@@ -211,3 +241,17 @@ class LatentDiffusionGuidance(BaseGuidance):
     def sample(self, condition: Any, settings: Any, generator: Optional[torch.Generator] = None) -> Tensor:
         """Images ``[N, S, S, 3]`` straight from the prior for ``--sample`` (see :mod:`threestudio_like.sampling`)."""
         raise ConfigError(f"{type(self).__name__} has no sampler for --sample.")
+
+
+class TextPriorGuidance(LatentDiffusionGuidance):
+    """A latent prior conditioned on a text prompt: its condition is the prompt processor's
+    :class:`~threestudio_like.prompt.stable_diffusion.PromptEmbeddings` (conditional and negative)."""
+
+    condition_type = PromptEmbeddings
+    condition_hint = ("Set system.prompt_processor_type: stable-diffusion-prompt-processor "
+                      "(view-dependent-prompt-processor for view prompts).")
+
+    def text_branches(self, text: Tensor, **conditioning: Any) -> List[UNetBranch]:
+        """The conditional and unconditional branches of text embeddings ``[2B, L, D]``
+        (conditional first), each with the same extra ``conditioning`` (class labels)."""
+        return [UNetBranch(half, **conditioning) for half in text.chunk(2)]

@@ -31,18 +31,17 @@ from torch import Tensor
 from threestudio_like import register
 from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad
 from threestudio_like.errors import ConfigError
-from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.base import UpdateRule
-from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
+from threestudio_like.guidance.base import NoisePredictor, UpdateRule, classifier_free
+from threestudio_like.guidance.latent_diffusion import TextPriorGuidance, unet_and_vae
 from threestudio_like.guidance.multiview_attention import (
     MultiViewAttnProcessor,
     check_view_groups,
     install_attention_processors,
 )
 from threestudio_like.models.architectures import TINY_MVDREAM_UNET
-from threestudio_like.models.builders import parts_from_ldm_checkpoint, tiny_unet, tiny_vae
+from threestudio_like.models.builders import parts_from_ldm_checkpoint
 from threestudio_like.models.hub import OriginalCheckpoint, WeightsSource
-from threestudio_like.models.loader import Part, WeightsRecipe, register_weights
+from threestudio_like.models.loader import WeightsRecipe, register_weights
 from threestudio_like.prompt.stable_diffusion import PromptEmbeddings, load_tokenizer
 
 CAMERA_DIM = 16
@@ -109,12 +108,7 @@ def write_tokenizer(out: Path, source: WeightsSource, options: Dict[str, Any], i
 
 
 MVDREAM_WEIGHTS = register_weights(WeightsRecipe(
-    name="mvdream",
-    what="MVDream",
-    parts=(
-        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_MVDREAM_UNET)),
-        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
-    ),
+    "mvdream", "MVDream", unet_and_vae(TINY_MVDREAM_UNET),
     from_checkpoint=lambda state, options: parts_from_ldm_checkpoint(state, options["num_head_channels"]),
     check=check_mvdream_unet,
     prepare=lambda parts: install_multiview_attention(parts["unet"]),
@@ -130,11 +124,11 @@ MVDREAM_WEIGHTS = register_weights(WeightsRecipe(
 
 
 @register("mvdream-guidance")
-class MVDreamGuidance(LatentDiffusionGuidance):
+class MVDreamGuidance(TextPriorGuidance):
     """Multi-view SDS / x0-reconstruction guidance from MVDream (4 views per object)."""
 
     @dataclass
-    class Config(LatentDiffusionGuidance.Config):
+    class Config(TextPriorGuidance.Config):
         pretrained_model_name_or_path: str = "MVDream/MVDream"
         """MVDream weights: MVDream/MVDream (sd-v2.1-base-4view.pt), a file, a --convert folder, tiny-random."""
         guidance_scale: float = 50.0
@@ -158,8 +152,6 @@ class MVDreamGuidance(LatentDiffusionGuidance):
 
     cfg: Config
     weights = MVDREAM_WEIGHTS
-    condition_type = PromptEmbeddings
-    condition_hint = "Set system.prompt_processor_type: stable-diffusion-prompt-processor."
     sample_defaults = {"steps": 50, "guidance_scale": 10.0, "eta": 0.0, "elevation_deg": 15.0,
                        "azimuth_start_deg": 0.0, "prompt_suffix": ", 3d asset", "negative_prompt": ""}
     """MVDream's ``t2i.py``: CFG 10, elevation 15, ", 3d asset" appended, empty negative prompt."""
@@ -174,20 +166,13 @@ class MVDreamGuidance(LatentDiffusionGuidance):
 
         ``text_embeddings`` is ``[2B, L, D]`` (conditional first), ``camera`` ``[B, 16]``.
         """
-        cond, uncond = text_embeddings.chunk(2)
         eps_cond, eps_uncond = self.unet_branches(
-            x_t, t, [UNetBranch(cond, class_labels=camera), UNetBranch(uncond, class_labels=camera)], num_views=n_view,
-        )
+            x_t, t, self.text_branches(text_embeddings, class_labels=camera), num_views=n_view)
         return eps_cond, eps_uncond
 
-    def guided(self, text: Tensor, camera: Tensor, n_view: int, scale: float):
+    def guided(self, text: Tensor, camera: Tensor, n_view: int, scale: float) -> NoisePredictor:
         """``predict(x_t, t) -> (guided eps, conditional eps)`` for the views of ``camera``."""
-
-        def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-            eps_cond, eps_uncond = self.predict_noise(x_t, t, text, camera, n_view)
-            return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
-
-        return predict
+        return classifier_free(lambda x_t, t: self.predict_noise(x_t, t, text, camera, n_view), scale)
 
     def guide(self, rgb: Tensor, condition: PromptEmbeddings, cameras: Cameras,
               rgb_as_latents: bool = False) -> Dict[str, Tensor]:

@@ -18,45 +18,38 @@ from threestudio_like import register
 from threestudio_like.cameras import Cameras
 from threestudio_like.errors import ConfigError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
+from threestudio_like.guidance.base import classifier_free
+from threestudio_like.guidance.latent_diffusion import TextPriorGuidance, UNetBranch, unet_and_vae
 from threestudio_like.models.architectures import TINY_SD21_UNET
-from threestudio_like.models.builders import parts_from_ldm_checkpoint, tiny_unet, tiny_vae
-from threestudio_like.models.loader import Part, WeightsRecipe, register_weights
+from threestudio_like.models.builders import parts_from_ldm_checkpoint
+from threestudio_like.models.loader import WeightsRecipe, register_weights
 from threestudio_like.prompt.stable_diffusion import PromptEmbeddings
 from threestudio_like.prompt.view_dependent import ViewDependentEmbeddings
 
 SD_WEIGHTS = register_weights(WeightsRecipe(
-    name="stable-diffusion",
-    what="Stable Diffusion 2.1",
-    parts=(
-        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_SD21_UNET)),
-        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
-    ),
+    "stable-diffusion", "Stable Diffusion 2.1", unet_and_vae(TINY_SD21_UNET),
     from_checkpoint=lambda state, options: parts_from_ldm_checkpoint(state),
     pipeline_class="StableDiffusionPipeline",
 ))
 
 
 @register("stable-diffusion-guidance")
-class StableDiffusionGuidance(LatentDiffusionGuidance):
+class StableDiffusionGuidance(TextPriorGuidance):
     """Classic SDS with SD2.1, view-dependent prompts and optional Perp-Neg."""
 
     @dataclass
-    class Config(LatentDiffusionGuidance.Config):
+    class Config(TextPriorGuidance.Config):
+        view_dependent_prompting: bool = True
+        """Condition each view on its direction's prompt (needs view-dependent embeddings)."""
+        use_perp_neg: bool = False
+        """Perp-Neg: negative view prompts, perpendicular to the positive direction."""
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
         """SD2.1-base: Hugging Face id, diffusers folder, ldm checkpoint, or tiny-random."""
         guidance_scale: float = 100.0
         """DreamFusion's large CFG scale."""
-        image_size: int = 512
-        use_perp_neg: bool = False
-        """Perp-Neg: negative view prompts, perpendicular to the positive direction."""
-        view_dependent_prompting: bool = True
-        """Condition each view on its direction's prompt (needs view-dependent embeddings)."""
 
     cfg: Config
     weights = SD_WEIGHTS
-    condition_type = PromptEmbeddings
-    condition_hint = "Set system.prompt_processor_type (view-dependent-prompt-processor for view prompts)."
 
     def guide(self, rgb: Tensor, condition: PromptEmbeddings, cameras: Cameras,
               rgb_as_latents: bool = False) -> Dict[str, Tensor]:
@@ -82,10 +75,7 @@ class StableDiffusionGuidance(LatentDiffusionGuidance):
                 text = condition.get_text_embeddings_vd(cameras.elevation, cameras.azimuth, self.device, self.weights_dtype)
             else:
                 text = condition.get_text_embeddings(batch, device=self.device, dtype=self.weights_dtype)
-            cond, uncond = text.chunk(2)
-
-            def predict(x_t: Tensor, t: Tensor):
-                eps_cond, eps_uncond = self.unet_branches(x_t, t, [UNetBranch(cond), UNetBranch(uncond)])
-                return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
+            branches = self.text_branches(text)
+            predict = classifier_free(lambda x_t, t: tuple(self.unet_branches(x_t, t, branches)), scale)
 
         return self.distil(latents, predict)

@@ -42,9 +42,10 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.cameras import Cameras, deg2rad, spherical_coordinates
-from threestudio_like.errors import ConfigError, ConversionError, MissingWeightsError
-from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance, UNetBranch
+from threestudio_like.errors import ConfigError, ConversionError
+from threestudio_like.guidance.base import NoisePredictor, classifier_free
+from threestudio_like.guidance.image_prior import ImagePriorGuidance
+from threestudio_like.guidance.latent_diffusion import UNetBranch, check_unet, unet_and_vae
 from threestudio_like.models import ldm_convert as LC
 from threestudio_like.models.architectures import TINY_CONTEXT_DIM, TINY_ZERO123_UNET
 from threestudio_like.models.builders import (
@@ -52,8 +53,6 @@ from threestudio_like.models.builders import (
     library_class,
     seeded,
     tiny_clip_image_encoder,
-    tiny_unet,
-    tiny_vae,
     unet_from_ldm,
     vae_from_ldm,
 )
@@ -113,6 +112,20 @@ def zero123_camera_from_deltas(
     else:
         raise ConfigError(f"camera_variant must be one of {', '.join(CAMERA_VARIANTS)}, got {variant!r}.")
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
+
+
+@dataclass
+class Zero123Condition:
+    """The conditioning view: what the prior knows about the input image."""
+
+    image: Tensor
+    """``[1, S, S, 3]`` in [0, 1], white background."""
+    clip_embedding: Tensor
+    """``[1, 1, D]`` CLIP projected image embedding."""
+    image_latent: Tensor
+    """``[1, 4, S/8, S/8]`` unscaled VAE latent (posterior mode)."""
+    position: Tensor
+    """``[3]`` position of the camera that took the image (looking at the origin)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,27 +238,17 @@ def zero123_from_ldm(state: Dict[str, Tensor], options: Dict[str, Any]) -> Dict[
 
 def check_zero123_networks(parts: Dict[str, nn.Module], where: str) -> None:
     """A clear error when the weights are not Zero-1-to-3's (8 input channels, one projection)."""
-    unet = parts["unet"]
-    if unet.config.in_channels != 8:
-        raise ConfigError(
-            f"{where} is not a Zero-1-to-3 UNet: it has {unet.config.in_channels} input channels, not 8 "
-            f"(noisy latent + image latent)."
-        )
     width = parts["projection"].proj.out_features
+    check_unet(parts["unet"], where, "Zero-1-to-3", 8, ("the camera projection", width), "(noisy latent + image latent)")
     encoder_width = parts["image_encoder"].config.projection_dim
-    if unet.config.cross_attention_dim != width or encoder_width != width:
-        raise ConfigError(
-            f"{where}: CLIP embedding ({encoder_width}), camera projection "
-            f"({width}) and UNet context ({unet.config.cross_attention_dim}) widths differ."
-        )
+    if encoder_width != width:
+        raise ConfigError(f"{where}: the CLIP embedding is {encoder_width}-d but the camera projection takes {width}-d.")
 
 
 ZERO123_WEIGHTS = register_weights(WeightsRecipe(
-    name="zero123",
-    what="Zero-1-to-3",
+    "zero123", "Zero-1-to-3",
     parts=(
-        Part("unet", "diffusers.UNet2DConditionModel", lambda o: tiny_unet(TINY_ZERO123_UNET)),
-        Part("vae", "diffusers.AutoencoderKL", lambda o: tiny_vae()),
+        *unet_and_vae(TINY_ZERO123_UNET),
         Part("image_encoder", "transformers.CLIPVisionModelWithProjection", lambda o: tiny_clip_image_encoder()),
         Part("projection", "", _tiny_projection, load_folder=_projection_from_folder, save=_save_projection,
              folder="cc_projection"),
@@ -267,34 +270,21 @@ ZERO123_WEIGHTS = register_weights(WeightsRecipe(
 # the guidance
 
 
-@dataclass
-class Zero123Condition:
-    """The conditioning view: what the prior knows about the input image."""
-
-    image: Tensor
-    """``[1, S, S, 3]`` in [0, 1], white background."""
-    clip_embedding: Tensor
-    """``[1, 1, D]`` CLIP projected image embedding."""
-    image_latent: Tensor
-    """``[1, 4, S/8, S/8]`` unscaled VAE latent (posterior mode)."""
-    position: Tensor
-    """``[3]`` position of the camera that took the image (looking at the origin)."""
-
-
 @register("zero123-guidance")
-class Zero123Guidance(LatentDiffusionGuidance):
-    """Zero-1-to-3 novel-view prior, scoring renders by SDS or SJC."""
+class Zero123Guidance(ImagePriorGuidance):
+    """Zero-1-to-3 novel-view prior, scoring renders by SDS or SJC.
+
+    Its condition (:class:`Zero123Condition`) is the input image's CLIP embedding and unscaled VAE
+    latent plus the input camera's position; a render's camera enters as the relative camera
+    token (:func:`zero123_camera`).
+    """
 
     @dataclass
-    class Config(LatentDiffusionGuidance.Config):
+    class Config(ImagePriorGuidance.Config):
         pretrained_model_name_or_path: str = "cvlab/zero123-weights/105000.ckpt"
         """Zero-1-to-3 weights: an ldm checkpoint (file or owner/repo/file.ckpt), a diffusers folder or repo, tiny-random."""
         camera_variant: CameraVariant = "zero123"
         """zero123: 4th camera entry = delta radius; stable-zero123: polar angle of the conditioning view."""
-        guidance_scale: float = 3.0
-        """CFG scale s in eps_u + s (eps_c - eps_u) (SJC upstream: 100)."""
-        image_size: int = 256
-        """Zero-1-to-3 works at 256x256 (latents 32x32)."""
         use_ema: bool = True
         """ldm checkpoints: copy the EMA weights into the model (as threestudio does)."""
         num_heads: int = 8
@@ -307,10 +297,8 @@ class Zero123Guidance(LatentDiffusionGuidance):
     condition_type = Zero123Condition
     condition_hint = ("Use data_type: single-image-datamodule with image=object.png and an image-to-3D system "
                       "(it prepares the condition).")
-    conditioned_on_images = True
-    sample_defaults = {"steps": 50, "guidance_scale": 3.0, "eta": 1.0,
-                       "views": [[0.0, 90.0], [0.0, 180.0], [0.0, 270.0], [30.0, 0.0]]}
-    """Zero-1-to-3's demo: CFG 3, DDIM eta 1; four views around the input."""
+    sample_defaults = {**ImagePriorGuidance.sample_defaults, "eta": 1.0}
+    """Zero-1-to-3's demo: CFG 3, DDIM eta 1."""
 
     def weights_options(self) -> Dict[str, Any]:
         c = self.cfg
@@ -328,11 +316,7 @@ class Zero123Guidance(LatentDiffusionGuidance):
                 f"posed images use an EscherNet recipe, e.g. configs/eschernet-6dof.yaml)."
             )
         position = c2w.reshape(4, 4)[:3, 3]
-        size = self.cfg.image_size
-        x = images.permute(0, 3, 1, 2).float()
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = (x.clamp(0.0, 1.0) * 2.0 - 1.0).to(self.device)
+        x = self.condition_pixels(images)
         embedding = self.image_encoder(pixel_values=clip_preprocess(x).to(self.weights_dtype)).image_embeds
         latent = self.vae.encode(x.to(self.weights_dtype)).latent_dist.mode()  # unscaled, as trained
         return Zero123Condition(
@@ -355,7 +339,7 @@ class Zero123Guidance(LatentDiffusionGuidance):
         eps_cond, eps_uncond = self.unet_branches(x_t, t, branches)
         return eps_cond, eps_uncond
 
-    def guided_noise_fn(self, condition: Zero123Condition, camera: Tensor, scale: float):
+    def guided_noise_fn(self, condition: Zero123Condition, camera: Tensor, scale: float) -> NoisePredictor:
         """``predict(x_t, t) -> (guided eps, conditional eps)`` for the views with camera tokens
         ``camera`` ``[B, 4]``; a batch of ``k * B`` rows (perturbation-major) repeats the views'
         conditions ``k`` times."""
@@ -364,15 +348,12 @@ class Zero123Guidance(LatentDiffusionGuidance):
                 condition.clip_embedding.to(self.device, self.weights_dtype).expand(len(camera), -1, -1),
                 camera.to(self.device, self.weights_dtype),
             )
-        batch = len(camera)
 
-        def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-            reps = x_t.shape[0] // batch
+        def branches(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
             latent = condition.image_latent.expand(x_t.shape[0], -1, -1, -1)
-            eps_cond, eps_uncond = self.predict_noise(x_t, t, context.repeat(reps, 1, 1), latent)
-            return D.classifier_free_guidance(eps_uncond, eps_cond, scale), eps_cond
+            return self.predict_noise(x_t, t, context.repeat(x_t.shape[0] // len(camera), 1, 1), latent)
 
-        return predict
+        return classifier_free(branches, scale)
 
     def guide(self, rgb: Tensor, condition: Zero123Condition, cameras: Cameras,
               rgb_as_latents: bool = False) -> Dict[str, Tensor]:
@@ -388,13 +369,12 @@ class Zero123Guidance(LatentDiffusionGuidance):
         return self.distil(latents, self.guided_noise_fn(condition, camera, self.cfg.guidance_scale))
 
     # -- sampling (python launch.py --sample) -------------------------------------------------
-    @torch.no_grad()
-    def sample(self, condition: Zero123Condition, settings: Any, generator: Any = None) -> Tensor:
-        """The input image followed by its novel views at ``settings.views``: ``[1 + N, S, S, 3]``."""
-        views = torch.tensor([list(v) for v in settings.views], dtype=torch.float32).reshape(-1, 2)
+    def view_predictor(self, condition: Zero123Condition, offsets: Tensor, scale: float) -> NoisePredictor:
+        """Novel views at ``offsets`` ([delta elevation, delta azimuth] degrees) of the input view."""
         cond_elevation = 90.0 - math.degrees(float(spherical_coordinates(condition.position.cpu())[0]))
-        camera = zero123_camera_from_deltas(views[:, 0], views[:, 1], torch.zeros(len(views)), cond_elevation,
+        camera = zero123_camera_from_deltas(offsets[:, 0], offsets[:, 1], torch.zeros(len(offsets)), cond_elevation,
                                             self.cfg.camera_variant)
-        predict = self.guided_noise_fn(condition, camera, settings.guidance_scale)
-        images = self.sample_images(lambda x_t, t: predict(x_t, t)[0], len(views), settings.steps, generator, settings.eta)
-        return torch.cat([condition.image.to(self.device), images])
+        return self.guided_noise_fn(condition, camera, scale)
+
+    def condition_images(self, condition: Zero123Condition) -> Tensor:
+        return condition.image

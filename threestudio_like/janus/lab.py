@@ -21,7 +21,6 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from threestudio_like.base import BaseObject
 from threestudio_like.config import parse_structured
 from threestudio_like.guidance.base import BaseGuidance
 from threestudio_like.reference import modes as M

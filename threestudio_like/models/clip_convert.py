@@ -13,7 +13,7 @@ understand fail loudly (:func:`~threestudio_like.models.ldm_convert.check_all_us
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor
 
@@ -57,6 +57,25 @@ def _resblock_entries(key: str, value: Tensor, layers_prefix: str,
     return None
 
 
+def _convert_tower(state: StateDict, own: Callable[[str, Tensor], Optional[StateDict]], layers_prefix: str,
+                   what: str, num_layers: Optional[int] = None) -> StateDict:
+    """Convert every key of a CLIP tower: ``own(key, value)`` maps the tower's own tensors
+    (``None``: not one of them), :func:`_resblock_entries` the residual blocks; any key left
+    unmapped is an error."""
+    out: StateDict = {}
+    used: set = set()
+    for key, value in state.items():
+        entries = own(key, value)
+        if entries is None:
+            entries = _resblock_entries(key, value, layers_prefix, num_layers)
+        if entries is None:
+            continue
+        out.update(entries)
+        used.add(key)
+    check_all_used(state, used, what)
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # OpenCLIP text tower
 
@@ -93,26 +112,18 @@ def convert_open_clip_text(text: StateDict, num_layers: Optional[int] = None) ->
 
     Residual blocks from ``num_layers`` on are dropped (SD2 reads the penultimate layer).
     """
-    out: StateDict = {}
-    used: set = set()
-    for key, value in text.items():
+    def own(key: str, value: Tensor) -> Optional[StateDict]:
         if key in _OPEN_CLIP_IGNORED:
-            used.add(key)
-            continue
+            return {}
         if key == "token_embedding.weight":
-            out["embeddings.token_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["embeddings.position_embedding.weight"] = value
-        elif key.startswith("ln_final."):
-            out["final_layer_norm." + key.split(".", 1)[1]] = value
-        else:
-            entries = _resblock_entries(key, value, "encoder.layers.", num_layers)
-            if entries is None:
-                continue
-            out.update(entries)
-        used.add(key)
-    check_all_used(text, used, "OpenCLIP text")
-    return out
+            return {"embeddings.token_embedding.weight": value}
+        if key == "positional_embedding":
+            return {"embeddings.position_embedding.weight": value}
+        if key.startswith("ln_final."):
+            return {"final_layer_norm." + key.split(".", 1)[1]: value}
+        return None
+
+    return _convert_tower(text, own, "encoder.layers.", "OpenCLIP text", num_layers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -154,18 +165,11 @@ def convert_openai_clip_visual(visual: StateDict) -> StateDict:
     """OpenAI CLIP image-tower keys (``visual.`` stripped) -> ``CLIPVisionModelWithProjection``
     keys. The projection ``proj`` ``[width, dim]`` becomes ``visual_projection.weight`` (its
     transpose)."""
-    out: StateDict = {}
-    used: set = set()
-    for key, value in visual.items():
+    def own(key: str, value: Tensor) -> Optional[StateDict]:
         if key in _VISUAL_SIMPLE:
-            out[_VISUAL_SIMPLE[key]] = value
-        elif key == "proj":
-            out["visual_projection.weight"] = value.t().contiguous()
-        else:
-            entries = _resblock_entries(key, value, "vision_model.encoder.layers.")
-            if entries is None:
-                continue
-            out.update(entries)
-        used.add(key)
-    check_all_used(visual, used, "OpenAI CLIP image tower")
-    return out
+            return {_VISUAL_SIMPLE[key]: value}
+        if key == "proj":
+            return {"visual_projection.weight": value.t().contiguous()}
+        return None
+
+    return _convert_tower(visual, own, "vision_model.encoder.layers.", "OpenAI CLIP image tower")

@@ -10,8 +10,8 @@ side (|azi| < 90) or side and back, with negative prompts and weights
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -39,23 +39,39 @@ def direction_index(elevation: Tensor, azimuth: Tensor, front: float = 45.0, bac
 
 
 @dataclass
+class ViewSettings:
+    """Where the direction bins start and how strongly Perp-Neg pushes away from the other views
+    (threestudio's defaults); shared by the prompt processor's config and its embeddings."""
+
+    front_threshold: float = 45.0
+    """Azimuths within +-front_threshold of 0 are "front"."""
+    back_threshold: float = 45.0
+    """Azimuths within +-back_threshold of 180 are "back"."""
+    overhead_threshold: float = 60.0
+    """Elevations above this are "overhead"."""
+    perp_neg_f_sb: Tuple[float, float, float] = (1.0, 0.5, -0.606)
+    """Perp-Neg weight (a, b, c) of the side prompt against the back one."""
+    perp_neg_f_fsb: Tuple[float, float, float] = (1.0, 0.5, 0.967)
+    """Perp-Neg weight (a, b, c) of the front prompt against side-to-back views."""
+    perp_neg_f_fs: Tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg weight (a, b, c) of the front prompt against the side one."""
+    perp_neg_f_sf: Tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg weight (a, b, c) of the side prompt against the front one."""
+
+
+@dataclass
 class ViewDependentEmbeddings(PromptEmbeddings):
     """Prompt embeddings plus one per direction; chooses per camera."""
 
     direction_embeddings: Optional[Tensor] = None
     """``[4, L, D]`` in :data:`DIRECTIONS` order."""
-    front_threshold: float = 45.0
-    back_threshold: float = 45.0
-    overhead_threshold: float = 60.0
-    perp_neg_f_sb: Tuple[float, float, float] = (1.0, 0.5, -0.606)
-    perp_neg_f_fsb: Tuple[float, float, float] = (1.0, 0.5, 0.967)
-    perp_neg_f_fs: Tuple[float, float, float] = (4.0, 0.5, -2.426)
-    perp_neg_f_sf: Tuple[float, float, float] = (4.0, 0.5, -2.426)
+    settings: Any = field(default_factory=ViewSettings)
+    """The direction thresholds and Perp-Neg weights (:class:`ViewSettings` fields)."""
 
     def get_text_embeddings_vd(self, elevation: Tensor, azimuth: Tensor, device=None, dtype=None) -> Tensor:
         """``[2B, L, D]``: the direction's embedding per camera, then B unconditional ones."""
-        idx = direction_index(elevation.cpu(), azimuth.cpu(), self.front_threshold, self.back_threshold,
-                              self.overhead_threshold)
+        s = self.settings
+        idx = direction_index(elevation.cpu(), azimuth.cpu(), s.front_threshold, s.back_threshold, s.overhead_threshold)
         cond = self.direction_embeddings[idx]
         uncond = self.uncond_text_embeddings[None].expand(len(idx), -1, -1)
         return torch.cat([cond, uncond], 0).to(device=device, dtype=dtype)
@@ -66,12 +82,13 @@ class ViewDependentEmbeddings(PromptEmbeddings):
         negative weights, as threestudio's ``get_text_embeddings_perp_neg``."""
         side, front, back, over = self.direction_embeddings
         u = self.uncond_text_embeddings
+        s = self.settings
         pos: List[Tensor] = []
         negs: List[Tensor] = []
         weights: List[List[float]] = []
         for ele, azi in zip(elevation.tolist(), azimuth.tolist()):
             azi = (azi + 180.0) % 360.0 - 180.0
-            if ele > self.overhead_threshold:
+            if ele > s.overhead_threshold:
                 pos.append(over)
                 negs += [u, u]
                 weights.append([0.0, 0.0])
@@ -79,14 +96,14 @@ class ViewDependentEmbeddings(PromptEmbeddings):
                 r = 1 - abs(azi) / 90  # 1 = front, 0 = side
                 pos.append(r * front + (1 - r) * side)
                 negs += [side, back]
-                weights.append([-shifted_exponential_decay(*self.perp_neg_f_fs, r),
-                                -shifted_exponential_decay(*self.perp_neg_f_sf, 1 - r)])
+                weights.append([-shifted_exponential_decay(*s.perp_neg_f_fs, r),
+                                -shifted_exponential_decay(*s.perp_neg_f_sf, 1 - r)])
             else:
                 r = 2 - abs(azi) / 90  # 1 = side, 0 = back
                 pos.append(r * side + (1 - r) * back)
                 negs += [front, side]
-                weights.append([-shifted_exponential_decay(*self.perp_neg_f_sb, r),
-                                -shifted_exponential_decay(*self.perp_neg_f_fsb, r)])
+                weights.append([-shifted_exponential_decay(*s.perp_neg_f_sb, r),
+                                -shifted_exponential_decay(*s.perp_neg_f_fsb, r)])
         b = len(pos)
         emb = torch.cat([torch.stack(pos), u[None].expand(b, -1, -1), torch.stack(negs)], 0)
         return emb.to(device=device, dtype=dtype), torch.tensor(weights, device=device)
@@ -97,7 +114,7 @@ class ViewDependentPromptProcessor(StableDiffusionPromptProcessor):
     """Stable Diffusion prompts with DreamFusion's view-dependent suffixes (cached like the base)."""
 
     @dataclass
-    class Config(StableDiffusionPromptProcessor.Config):
+    class Config(StableDiffusionPromptProcessor.Config, ViewSettings):
         prompt_side: Optional[str] = None
         """Override of the side-view prompt (default "{prompt}, side view")."""
         prompt_front: Optional[str] = None
@@ -105,13 +122,6 @@ class ViewDependentPromptProcessor(StableDiffusionPromptProcessor):
         prompt_overhead: Optional[str] = None
         view_dependent_prompt_front: bool = False
         """Put the view first: "front view of {prompt}"."""
-        front_threshold: float = 45.0
-        back_threshold: float = 45.0
-        overhead_threshold: float = 60.0
-        perp_neg_f_sb: Tuple[float, float, float] = (1.0, 0.5, -0.606)
-        perp_neg_f_fsb: Tuple[float, float, float] = (1.0, 0.5, 0.967)
-        perp_neg_f_fs: Tuple[float, float, float] = (4.0, 0.5, -2.426)
-        perp_neg_f_sf: Tuple[float, float, float] = (4.0, 0.5, -2.426)
 
     cfg: Config
 
@@ -132,8 +142,4 @@ class ViewDependentPromptProcessor(StableDiffusionPromptProcessor):
         prompts = self.direction_prompts()
         embs = self.embeddings_for([self.cfg.prompt, self.cfg.negative_prompt, *prompts.values()])
         c = self.cfg
-        return ViewDependentEmbeddings(
-            c.prompt, c.negative_prompt, embs[0], embs[1], torch.stack(embs[2:]),
-            c.front_threshold, c.back_threshold, c.overhead_threshold,
-            tuple(c.perp_neg_f_sb), tuple(c.perp_neg_f_fsb), tuple(c.perp_neg_f_fs), tuple(c.perp_neg_f_sf),
-        )
+        return ViewDependentEmbeddings(c.prompt, c.negative_prompt, embs[0], embs[1], torch.stack(embs[2:]), c)

@@ -8,9 +8,7 @@ the mesh, and keeps guidance weights out of checkpoints. Concrete systems implem
 """
 from __future__ import annotations
 
-import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Sequence, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 ImageLike = Union[Tensor, np.ndarray]
