@@ -148,13 +148,13 @@ def test_classify_backoff_and_oom_overrides(tmp_path):
     assert classify(1, _status("failed", "oom", "OutOfMemoryError", "CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
     assert classify(-9, _status("running", phase="train", step=50))[0] == "oom"
     assert classify(137, None)[0] == "oom"
-    nan = classify(1, _status("failed", "nonfinite", "NonFiniteLossError", "loss_sds = nan at step 3."))
+    nan = classify(1, _status("failed", "nonfinite", "NonFiniteLossError", "non-finite loss: loss_sds = nan at step 3."))
     assert nan == ("nan", "non-finite loss: loss_sds = nan at step 3.")
     assert classify(2, _status("failed", "config", "ConfigError", "Unknown config key 'x'")) == (
         "config", "Unknown config key 'x'")
     for category in ("weights", "checkpoint"):                        # input problems: exit 2, never retried
         assert classify(2, _status("failed", category, "CheckpointError", "resume=x: refused"))[0] == "config"
-    outcome, error = classify(1, _status("failed", "crash", "ValueError", "Invalid learning rate: -1"))
+    outcome, error = classify(1, _status("failed", "crash", "ValueError", "ValueError: Invalid learning rate: -1"))
     assert (outcome, error) == ("crash", "ValueError: Invalid learning rate: -1")
     assert classify(-11, None)[0] == "crash" and classify(-11, None)[1] == "killed by SIGSEGV"
     assert classify(-11, _status("running", phase="train", step=57, max_steps=600)) == (
@@ -253,10 +253,10 @@ FAKE_TRAINER = textwrap.dedent('''
     if what == "ok":
         ckpt(); finished(); sys.exit(0)
     if what == "oom":
-        fail("oom", "OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB", 1)
+        fail("oom", "OutOfMemoryError", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1)
     if what == "crash":
         ckpt(); print("Traceback (most recent call last):\\nRuntimeError: worker exploded")
-        fail("crash", "RuntimeError", "worker exploded", 1)
+        fail("crash", "RuntimeError", "RuntimeError: worker exploded", 1)
     if what == "config":
         print("error: system.optimizer.name: torch.optim has no 'Adamm'.")
         fail("config", "ConfigError", "system.optimizer.name: torch.optim has no 'Adamm'.", 2)
@@ -277,14 +277,14 @@ FAKE_TRAINER = textwrap.dedent('''
     if what == "lie-done":
         print("Done. Outputs in", trial, flush=True)
         write(phase="test", step=4)
-        fail("crash", "RuntimeError", "the turntable writer died", 0)
+        fail("crash", "RuntimeError", "RuntimeError: the turntable writer died", 0)
     if what == "lie-nan":
         print("error: non-finite loss: loss_sds = nan at step 3.", flush=True)
         fail("config", "ImageLoadError", "Image not found: teapot.png.", 2)
     if what == "nan":
         print("Done. Outputs in", trial, flush=True)
         write(phase="train", step=3)
-        fail("nonfinite", "NonFiniteLossError", "loss_sds = nan at step 3.", 1)
+        fail("nonfinite", "NonFiniteLossError", "non-finite loss: loss_sds = nan at step 3.", 1)
     if what == "stale":  # a status of another run: this attempt died before writing its own
         print("Done. Outputs in", trial, flush=True)
         write(run_id="an-earlier-attempt", state="finished", exit_code=0, outputs=outputs())

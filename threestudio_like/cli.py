@@ -15,8 +15,8 @@ import sys
 import warnings
 from typing import Any, Optional, Sequence
 
-from threestudio_like.errors import ThreestudioLikeError, category_of, exit_code_of
-from threestudio_like.run_status import ENV_STATUS_FILE, STATUS_FILE, RunStatus
+from threestudio_like.errors import ConfigError, ThreestudioLikeError, category_of, exit_code_of
+from threestudio_like.run_status import ENV_STATUS_FILE, STATUS_FILE, RunStatus, describe
 
 USAGE_EXAMPLES = """examples:
   python launch.py --config demo.yaml --train
@@ -82,20 +82,19 @@ def report_failure(exc: BaseException, status: Optional[RunStatus] = None, check
     Errors of the product print their message (plus what is kept, for run failures); anything
     else is recorded and re-raised by the caller so that its traceback stays visible.
     """
-    code = status.fail(exc) if status is not None else exit_code_of(exc)
-    if not isinstance(exc, ThreestudioLikeError):
-        return code
+    message = describe(exc)
     category = category_of(exc)
     kept = checkpoint if checkpoint and os.path.exists(checkpoint) else None
-    message = f"error: {exc}"
     if category == "nonfinite":
-        message = f"error: non-finite loss: {exc}\nLast good checkpoint: {kept or 'none saved yet'}"
+        message = f"non-finite loss: {exc}\nLast good checkpoint: {kept or 'none saved yet'}"
     elif category == "disk-full":
-        message = f"error: {getattr(exc, 'strerror', None) or exc}"
+        message = str(getattr(exc, "strerror", None) or exc)
     elif category == "export":
         saved = f" The checkpoint {kept} is saved;" if kept else ""
-        message = f"error: mesh export failed: {exc}{saved} re-run with --export and the suggested threshold."
-    print(message, file=sys.stderr)
+        message = f"mesh export failed: {exc}{saved} re-run with --export and the suggested threshold."
+    code = status.fail(exc, message) if status is not None else exit_code_of(exc)
+    if isinstance(exc, ThreestudioLikeError):
+        print(f"error: {message}", file=sys.stderr)
     return code
 
 
@@ -119,8 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = next(m for m in MODES if getattr(args, m))
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
-        print(f"error: unknown option(s) {unknown_flags}; config overrides are key=value.", file=sys.stderr)
-        return 2
+        problem = ConfigError(f"unknown option(s) {unknown_flags}; config overrides are key=value.")
+        return report_failure(problem, _early_status(mode))
     if "CUDA_VISIBLE_DEVICES" not in os.environ and args.gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     _quiet_libraries(args.verbose)
@@ -130,8 +129,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, extras)
         if mode not in ("train", "sample") and not cfg.resume:
-            from threestudio_like.errors import ConfigError
-
             raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
     except ThreestudioLikeError as exc:
         return report_failure(exc, _early_status(mode))

@@ -11,7 +11,8 @@ reader sees a whole file at any moment. Fields:
 * ``step`` / ``max_steps`` (training), ``progress`` ``{done, total}`` of the current phase,
   ``loss`` (the last logged training loss);
 * ``started``, ``updated``, ``ended`` (seconds since the epoch);
-* ``error``: ``null`` or ``{type, category, message, exit_code}`` (see :mod:`.errors`);
+* ``error``: ``null`` or ``{type, category, message, exit_code}`` (see :mod:`.errors`); the
+  message is what the command printed after ``error:``;
   ``exit_code`` once the command has ended;
 * ``outputs``: files the run wrote, relative to the trial folder (``checkpoint``, ``video``,
   ``meshes`` by format, ``validation`` images, ``samples``).
@@ -31,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from threestudio_like.errors import category_of, exit_code_of
+from threestudio_like.errors import ThreestudioLikeError, category_of, exit_code_of
 from threestudio_like.utils.files import atomic_write_text
 
 STATUS_FILE = "status.json"
@@ -41,10 +42,12 @@ ENV_STATUS_FILE = "THREESTUDIO_LIKE_STATUS_FILE"
 FINAL_STATES = ("finished", "failed", "interrupted")
 
 
-def first_line(exc: BaseException) -> str:
-    """The message of ``exc`` (its class name when it has none)."""
+def describe(exc: BaseException) -> str:
+    """What a failure says: the message of the product's errors, ``Type: message`` otherwise."""
     text = str(exc).strip()
-    return text or type(exc).__name__
+    if isinstance(exc, ThreestudioLikeError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RunStatus:
@@ -132,15 +135,16 @@ class RunStatus:
         """The command did all it was asked to."""
         self.set(state="finished", ended=round(time.time(), 3), exit_code=0, error=None)
 
-    def fail(self, exc: BaseException) -> int:
-        """Record why the command stopped; returns its exit status."""
+    def fail(self, exc: BaseException, message: Optional[str] = None) -> int:
+        """Record why the command stopped (``message``: as the command words it, by default
+        :func:`describe`); returns its exit status."""
         code = exit_code_of(exc)
         category = category_of(exc)
         self.set(
             state="interrupted" if category == "interrupted" else "failed",
             ended=round(time.time(), 3),
             exit_code=code,
-            error={"type": type(exc).__name__, "category": category, "message": first_line(exc),
+            error={"type": type(exc).__name__, "category": category, "message": message or describe(exc),
                    "exit_code": code},
         )
         return code

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from threestudio_like import errors
 from threestudio_like.run_status import read_status
 
 MAX_DELAY_S = 3600.0
@@ -29,9 +28,6 @@ INPUT_ERROR_EXIT = 2
 """Exit status of input problems (config, weights, checkpoint): the same command fails the same way."""
 SIGKILL_RCS = (-signal.SIGKILL, 128 + signal.SIGKILL)
 """A SIGKILL as a child's return code (Popen) or as a shell's exit status."""
-CATEGORY_LABELS = {"nonfinite": "non-finite loss", "export": "mesh export failed"}
-"""Words the command line puts before these categories' messages in its ``error:`` line; the
-state and the gallery show the same text."""
 
 
 @dataclass
@@ -58,22 +54,10 @@ def attempt_status(path: Union[str, Path], run_id: Optional[str]) -> Optional[Di
 
 
 def error_text(error: Optional[Dict[str, Any]]) -> Optional[str]:
-    """The message of a status ``error`` entry, as the job's own ``error:`` line words it.
-
-    Errors of the product carry their message alone (a few categories get the label the command
-    line adds); foreign exceptions (a crash, out of memory) are named by their type.
-    """
+    """The message of a status ``error`` entry (what the job printed after ``error:``)."""
     if not isinstance(error, dict):
         return None
-    message = str(error.get("message") or "").strip()
-    label = CATEGORY_LABELS.get(str(error.get("category")))
-    if label:
-        return f"{label}: {message}" if message else label
-    kind = str(error.get("type") or "")
-    ours = getattr(errors, kind, None)
-    if kind and not (isinstance(ours, type) and issubclass(ours, errors.ThreestudioLikeError)):
-        return f"{kind}: {message}" if message and message != kind else kind
-    return message or kind or None
+    return str(error.get("message") or error.get("type") or "").strip() or None
 
 
 def _exit_text(rc: Optional[int]) -> str:

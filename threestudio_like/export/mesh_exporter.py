@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -16,14 +16,14 @@ from torch import Tensor
 from threestudio_like import register
 from threestudio_like.base import BaseObject
 
-FORMATS = ("obj", "glb", "ply")
+MeshFormat = Literal["obj", "glb", "ply"]
 
 
 @register("mesh-exporter")
 class MeshExporter(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
-        formats: List[str] = field(default_factory=lambda: ["obj", "glb", "ply"])
+        formats: List[MeshFormat] = field(default_factory=lambda: ["obj", "glb", "ply"])
         """File formats to write (obj, glb, ply)."""
         save_name: str = "model"
         isosurface_resolution: Optional[int] = None
@@ -33,11 +33,6 @@ class MeshExporter(BaseObject):
         color_chunk: int = 262144
 
     cfg: Config
-
-    def configure(self) -> None:
-        bad = [f for f in self.cfg.formats if f not in FORMATS]
-        if bad:
-            raise ValueError(f"Unknown mesh format(s) {bad}; choose from {', '.join(FORMATS)}.")
 
     def build_mesh(self, geometry: Any, material: Any) -> "trimesh.Trimesh":  # noqa: F821
         """Extract the surface and colour its vertices."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseModule
-from threestudio_like.renderers.material import get_color_activation
+from threestudio_like.renderers.material import ColorActivation, get_color_activation
 
 
 class BaseBackground(BaseModule):
@@ -143,7 +143,7 @@ class NeuralEnvironmentMapBackground(BaseBackground):
 
     @dataclass
     class Config(BaseBackground.Config):
-        color_activation: str = "sigmoid"
+        color_activation: ColorActivation = "sigmoid"
         """Output activation: sigmoid | none | clamp."""
         sh_degree: int = 3
         """Spherical-harmonics encoding degree of the direction (degree**2 features)."""

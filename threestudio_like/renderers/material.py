@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from threestudio_like import register
 from threestudio_like.base import BaseModule
 
 SHADING_MODES = ("albedo", "diffuse", "textureless")
+ColorActivation = Literal["sigmoid", "none", "identity", "clamp"]
 
 
 def get_color_activation(name: str):
@@ -60,7 +61,7 @@ class NoMaterial(BaseMaterial):
     class Config(BaseMaterial.Config):
         n_output_dims: int = 3
         """Output channels (3 for RGB, 4 for Stable Diffusion latents)."""
-        color_activation: str = "sigmoid"
+        color_activation: ColorActivation = "sigmoid"
         """Applied to the features: sigmoid | none | clamp."""
 
     cfg: Config
@@ -109,7 +110,7 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
         """Training: probability of a lit (diffuse or textureless) render; else albedo."""
         textureless_prob: float = 0.5
         """Training: of the lit renders, the probability of textureless (white albedo)."""
-        albedo_activation: str = "sigmoid"
+        albedo_activation: ColorActivation = "sigmoid"
         """Activation of the first three features into albedo."""
         soft_shading: bool = False
         """Training: draw the diffuse share uniformly per call (ambient = 1 - diffuse)."""

@@ -10,7 +10,7 @@ Either way the occupancy grid is refreshed from the geometry's density every
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Literal, Optional
 
 import nerfacc
 import torch
@@ -94,7 +94,7 @@ class NeRFVolumeRenderer(BaseModule):
         """Training: compute normals and output ``comp_normal`` even if the material needs none."""
         return_normal_perturb: bool = False
         """Training: output normals at points jittered by N(0, 0.01) (``normal_perturb``)."""
-        backend: str = "auto"
+        backend: Literal["auto", "nerfacc", "torch"] = "auto"
         """Ray marcher: auto (nerfacc kernels on CUDA when they load, else torch) | nerfacc | torch."""
 
     cfg: Config

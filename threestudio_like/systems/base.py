@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -58,7 +58,7 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         loss: dict = field(default_factory=dict)
         """Loss weights ``lambda_<name>`` (numbers or schedules) for every ``loss_<name>``."""
         optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-        test_formats: List[str] = field(default_factory=lambda: ["mp4"])
+        test_formats: List[Literal["mp4", "gif"]] = field(default_factory=lambda: ["mp4"])
         """Turntable outputs written by --test: mp4 and/or gif."""
         test_fps: int = 30
 
@@ -286,8 +286,6 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         if frames:
             self.record_output("turntable_frames", folder)
         for fmt in self.cfg.test_formats:
-            if fmt not in ("mp4", "gif"):
-                raise ConfigError(f"system.test_formats: '{fmt}' is not mp4 or gif.")
             path = saving.save_video(f"{folder}.{fmt}", frames, fps=self.cfg.test_fps)
             self.record_output("video" if fmt == "mp4" else fmt, path, what="Turntable")
 
