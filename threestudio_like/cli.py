@@ -128,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = load_config(args.config, extras)
+        from threestudio_like.training import check_one_device
+
+        check_one_device(dict(cfg.trainer), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         if mode not in ("train", "sample") and not cfg.resume:
             raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
     except ThreestudioLikeError as exc:
@@ -217,6 +220,7 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     from threestudio_like.config import dump_parsed
     from threestudio_like.models.checkpoints import lightning_safe_globals, read_training_checkpoint
     from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress
+    from threestudio_like.training import active_backends, run_loggers, trainer_arguments
 
     trial = cfg.trial_dir
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -226,43 +230,23 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(os.path.join(trial, "save"))
     system.status = status
+    train = mode == "train"
+    if train:
+        system.prepare_prior()  # weights and prompt embeddings load now: a problem leaves no trial behind
 
     use_gpu = torch.cuda.is_available()
-    trainer_args = dict(cfg.trainer)
-    if not use_gpu and "16" in str(trainer_args.get("precision", "32")):
-        trainer_args["precision"] = "32-true"  # half precision is slow or unsupported on CPU
-    if "val_check_interval" in trainer_args:
-        trainer_args.setdefault("check_val_every_n_epoch", None)
-    train = mode == "train"
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
     callbacks = [ckpt_cb] if train else []
     callbacks += [StepProgress(), RunStatusCallback(status)]
-    loggers = []
+    loggers = run_loggers(trial) if train else []
+    trainer = pl.Trainer(**trainer_arguments(dict(cfg.trainer), use_gpu, callbacks, loggers))
+    backends = active_backends(system, trainer.strategy.root_device, trainer.precision)
+    status.set(backends=backends)
+    print("Backends: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in backends.items()))
     if train:
         dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
         with open(os.path.join(trial, "cmd.txt"), "a") as f:
             f.write("python launch.py " + " ".join(shlex.quote(a) for a in argv) + "\n")
-        from pytorch_lightning.loggers import CSVLogger
-
-        loggers.append(CSVLogger(trial, name="logs", version="csv"))
-        try:
-            from pytorch_lightning.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(trial, name="logs", version="tb"))
-        except (ImportError, ModuleNotFoundError):
-            pass
-    trainer = pl.Trainer(
-        accelerator="gpu" if use_gpu else "cpu",
-        devices=-1 if use_gpu else 1,
-        callbacks=callbacks,
-        logger=loggers or False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        inference_mode=False,
-        num_sanity_val_steps=0,
-        **trainer_args,
-    )
     print(f"Trial directory: {trial}")
     resume = {"ckpt_path": cfg.resume, "weights_only": True}
     with lightning_safe_globals():

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +26,9 @@ from threestudio_like.errors import NonFiniteLossError
 from threestudio_like.run_status import RunStatus
 from threestudio_like.utils import saving
 
+
+TURNTABLE_LOG_FRAMES = 8
+"""Frames of the turntable shown in TensorBoard."""
 
 @dataclass
 class OptimizerConfig:
@@ -100,6 +104,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             self._guidance.do_update_step(self.current_epoch_safe, self.true_global_step)
         return self._guidance
 
+    def prepare_prior(self) -> None:
+        """Load the prior's weights and text condition now rather than at the first step (image
+        conditions need a batch and come then)."""
+        _ = self.guidance, self.condition
+
     @property
     def condition(self) -> Any:
         """Prompt embeddings (or other condition) given to the guidance; None if unused."""
@@ -123,6 +132,15 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             print(f"{what} written: {path}")
         if self.status is not None:
             self.status.add_output(kind, path, key)
+
+    def log_images(self, tag: str, images: np.ndarray) -> None:
+        """Images ``[N, H, W, 3]`` (uint8) to TensorBoard, when the run logs there (scalars go to
+        every logger through ``self.log``)."""
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_images(tag, images, self.true_global_step, dataformats="NHWC")
 
     def save_path(self, name: str) -> str:
         path = os.path.join(self.save_dir, name)
@@ -271,8 +289,10 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             panels.append(out["opacity"][i])
             panels.append(saving.normalize_depth(out["depth"][i], out["opacity"][i]))
             path = self.save_path(f"it{self.true_global_step}-{index}.png")
-            saving.save_image_grid(path, panels)
+            grid = saving.image_grid(panels)
+            saving.save_image(path, grid)
             self.record_output("validation", path)
+            self.log_images(f"validation/{index}", grid[None])
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         out = self.render_eval(batch)
@@ -285,6 +305,8 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         frames = saving.frame_paths(folder)
         if frames:
             self.record_output("turntable_frames", folder)
+            step = max(len(frames) // TURNTABLE_LOG_FRAMES, 1)
+            self.log_images("turntable", np.stack([saving.read_image(f) for f in frames[::step]]))
         for fmt in self.cfg.test_formats:
             path = saving.save_video(f"{folder}.{fmt}", frames, fps=self.cfg.test_fps)
             self.record_output("video" if fmt == "mp4" else fmt, path, what="Turntable")
