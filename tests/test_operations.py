@@ -103,3 +103,59 @@ def test_gallery_draws_the_loss_of_every_attempt(tmp_path):
     svg = loss_svg(curve)
     assert svg.count("<polyline") == 2 and "steps 0 to 19" in svg
     assert len(read_loss_curve(metrics, max_points=5)) <= 5
+
+
+def test_sigterm_is_never_a_success(tmp_path):
+    """SIGTERM while training: the checkpoint is saved, the exit status is 143 and the status
+    says interrupted (supervisors and && chains must not read it as success)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+
+    args = [sys.executable, "-m", "threestudio_like.cli", "--config", "demo.yaml", "--train", f"exp_root_dir={tmp_path}",
+            *[o for o in TINY_OVERRIDES if not o.startswith("trainer.max_steps")], "trainer.max_steps=100000"]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    status = None
+    while time.time() < deadline:
+        trials = glob.glob(os.path.join(str(tmp_path), "demo", "*"))
+        status = read_status(trials[0]) if trials else None
+        if status and (status.get("step") or 0) >= 3:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    trial = _trial(tmp_path)
+    status = read_status(trial)
+    assert status["state"] == "interrupted" and status["exit_code"] == 143
+    assert os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt")) and "resume=" in err
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("system.loss.lambda_sds=.nan", "weighted total loss"),
+    ("system.loss.lambda_sds=.inf", "weighted total loss"),
+    ("system.optimizer.args.lr=.inf", "non-finite"),
+])
+def test_a_non_finite_state_is_never_the_last_good_checkpoint(tmp_path, capsys, override, problem):
+    import torch
+
+    assert _train(tmp_path, "checkpoint.every_n_train_steps=1", "trainer.max_steps=6", override) == 1
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err
+    last = os.path.join(_trial(tmp_path), "ckpts", "last.ckpt")
+    if os.path.exists(last):  # a checkpoint from before the failure: finite
+        state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert ("none saved yet" in err) == (not os.path.exists(last))
+
+
+def test_name_cannot_leave_the_output_root(tmp_path):
+    from threestudio_like.config import load_config
+
+    for name in ("../../escape", "/absolute/escape"):
+        trial = load_config("demo.yaml", [f"name={name}", f"exp_root_dir={tmp_path}"]).trial_dir
+        assert os.path.realpath(trial).startswith(os.path.realpath(tmp_path) + os.sep), trial

@@ -206,6 +206,10 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
         code = report_failure(exc, status, checkpoint)
         if status.data["phase"] == "setup" and fresh_trial and not os.environ.get(ENV_STATUS_FILE):
             shutil.rmtree(trial, ignore_errors=True)  # nothing was made: leave no empty trial behind
+        if category_of(exc) == "interrupted":  # never a success: 130 (Ctrl-C) or 143 (SIGTERM)
+            kept = f"; continue with resume={checkpoint}" if os.path.exists(checkpoint) else ""
+            print(f"interrupted: the run did not finish (exit {code}){kept}", file=sys.stderr)
+            raise SystemExit(code) from None
         if not isinstance(exc, ThreestudioLikeError):
             raise
         return code

@@ -139,6 +139,9 @@ class IsosurfaceError(RunFailure, ValueError):
 # mapping any exception to an outcome
 
 INTERRUPTED_EXIT = 130
+"""Exit status of a run stopped by Ctrl-C (128 + SIGINT)."""
+TERMINATED_EXIT = 143
+"""Exit status of a run stopped by SIGTERM (128 + SIGTERM)."""
 
 
 def category_of(exc: BaseException) -> str:
@@ -147,8 +150,8 @@ def category_of(exc: BaseException) -> str:
         return exc.category
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
-    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException":
-        return "interrupted"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "SIGTERMException":
+        return "interrupted"  # Lightning turns Ctrl-C into SystemExit after saving
     return "crash"
 
 
@@ -156,6 +159,8 @@ def exit_code_of(exc: BaseException) -> int:
     """The exit status a command ends with after ``exc``."""
     if isinstance(exc, ThreestudioLikeError):
         return exc.exit_code
+    if type(exc).__name__ == "SIGTERMException":
+        return TERMINATED_EXIT
     if category_of(exc) == "interrupted":
         return INTERRUPTED_EXIT
     return 1

@@ -217,6 +217,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             total = value * weight if total is None else total + value * weight
         if total is None:
             raise ConfigError("Every loss weight is 0: nothing to optimise.")
+        if not torch.isfinite(total).all():
+            raise NonFiniteLossError(
+                f"the weighted total loss = {total.item()} at step {self.true_global_step} (check the "
+                f"system.loss.lambda_* weights). Training stopped; the last good checkpoint is kept."
+            )
         self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         return total
 
@@ -265,6 +270,17 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         return optim_cls(groups, **args)
 
     # ---------------------------------------------------------------- checkpoints
+    def check_finite_parameters(self) -> None:
+        """Raise :class:`NonFiniteLossError` when a trainable parameter holds NaN/Inf (e.g. after
+        an infinite learning rate): such a state must never become the last good checkpoint."""
+        bad = [name for name, p in self.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"parameters became non-finite at step {self.true_global_step} ({', '.join(bad[:3])}); "
+                f"training stopped without saving them; the last good checkpoint is kept. Lower "
+                f"system.optimizer.args.lr (or set a grad_clip) and start again from that checkpoint."
+            )
+
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("guidance.") or k.startswith("_guidance.")]:

@@ -15,6 +15,22 @@ from threestudio_like.errors import DiskFullError
 from threestudio_like.run_status import RunStatus
 
 
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpoint(Callback):
     """Writes ``ckpts/last.ckpt`` every N steps, on Ctrl-C/SIGTERM and at the end of training.
 
@@ -34,11 +50,16 @@ class AtomicCheckpoint(Callback):
         return os.path.join(self.dirpath, "last.ckpt")
 
     def save(self, trainer: pl.Trainer) -> str:
+        module = getattr(trainer, "lightning_module", None)
+        if module is not None and hasattr(module, "check_finite_parameters"):
+            module.check_finite_parameters()  # never write a NaN state as the last good one
         os.makedirs(self.dirpath, exist_ok=True)
         tmp = self.last_path + ".tmp"
         try:
             trainer.save_checkpoint(tmp)
+            _fsync_file(tmp)
             os.replace(tmp, self.last_path)
+            _fsync_dir(self.dirpath)  # the rename survives a power loss too
         except OSError as exc:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -68,6 +89,11 @@ class AtomicCheckpoint(Callback):
             self.save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if pl_module is not None and hasattr(pl_module, "check_finite_parameters"):
+            try:
+                pl_module.check_finite_parameters()
+            except Exception:  # a non-finite state is not saved on the way out either
+                return
         interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
         if interrupted and trainer.training and trainer.global_step != self.last_saved_step:
             path = self.save(trainer)
