@@ -159,3 +159,33 @@ def test_name_cannot_leave_the_output_root(tmp_path):
     for name in ("../../escape", "/absolute/escape"):
         trial = load_config("demo.yaml", [f"name={name}", f"exp_root_dir={tmp_path}"]).trial_dir
         assert os.path.realpath(trial).startswith(os.path.realpath(tmp_path) + os.sep), trial
+
+
+def test_resume_applies_a_changed_learning_rate(tmp_path, capsys):
+    import torch
+
+    assert _train(tmp_path, "trainer.max_steps=4", "checkpoint.every_n_train_steps=2") == 0
+    trial = _trial(tmp_path)
+    parsed, last = os.path.join(trial, "configs", "parsed.yaml"), os.path.join(trial, "ckpts", "last.ckpt")
+    capsys.readouterr()
+    assert main(["--config", parsed, "--train", f"resume={last}", "trainer.max_steps=6",
+                 "system.optimizer.args.lr=0.001"]) == 0
+    assert "resumed with system.optimizer lr=0.001" in capsys.readouterr().out
+    groups = torch.load(last, map_location="cpu", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert all(abs(g["lr"] - 0.001) < 1e-12 for g in groups)
+
+
+def test_a_failed_resume_keeps_the_trials_config(tmp_path, capsys):
+    assert _train(tmp_path) == 0
+    trial = _trial(tmp_path)
+    parsed = os.path.join(trial, "configs", "parsed.yaml")
+    before = open(parsed).read()
+    last = os.path.join(trial, "ckpts", "last.ckpt")
+    # another geometry size: the checkpoint cannot load into this system
+    try:
+        code = main(["--config", "demo.yaml", "--train", f"resume={last}", *TINY_OVERRIDES,
+                     "system.geometry.pos_encoding_config.n_levels=5"])
+    except RuntimeError:  # the load's own error, where no earlier check catches it
+        code = 1
+    assert code != 0
+    assert open(parsed).read() == before

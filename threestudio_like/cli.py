@@ -223,7 +223,7 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     from threestudio_like import find
     from threestudio_like.config import dump_parsed
     from threestudio_like.models.checkpoints import lightning_safe_globals, read_training_checkpoint
-    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress
+    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress, TrialRecord
     from threestudio_like.training import active_backends, run_loggers, trainer_arguments
 
     trial = cfg.trial_dir
@@ -240,17 +240,15 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
 
     use_gpu = torch.cuda.is_available()
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
-    callbacks = [ckpt_cb] if train else []
+    record = TrialRecord(lambda: dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml")),
+                         os.path.join(trial, "cmd.txt"), "python launch.py " + " ".join(shlex.quote(a) for a in argv))
+    callbacks = [ckpt_cb, record] if train else []
     callbacks += [StepProgress(), RunStatusCallback(status)]
     loggers = run_loggers(trial) if train else []
     trainer = pl.Trainer(**trainer_arguments(dict(cfg.trainer), use_gpu, callbacks, loggers))
     backends = active_backends(system, trainer.strategy.root_device, trainer.precision)
     status.set(backends=backends)
     print("Backends: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in backends.items()))
-    if train:
-        dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
-        with open(os.path.join(trial, "cmd.txt"), "a") as f:
-            f.write("python launch.py " + " ".join(shlex.quote(a) for a in argv) + "\n")
     print(f"Trial directory: {trial}")
     resume = {"ckpt_path": cfg.resume, "weights_only": True}
     with lightning_safe_globals():

@@ -211,8 +211,9 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(
                     f"{name} = {value.item()} at step {self.true_global_step}. Training stopped; "
-                    f"the last good checkpoint is kept. Lower the learning rate or "
-                    f"grad_clip, or check the inputs, then resume."
+                    f"the last good checkpoint is kept. Lower system.optimizer.args.lr (a resumed "
+                    f"run takes the config's optimiser settings) or set system.guidance.grad_clip, "
+                    f"or check the inputs, then resume."
                 )
             total = value * weight if total is None else total + value * weight
         if total is None:
@@ -267,7 +268,25 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
                     groups.append({"params": params, "name": str(path), **dict(group_args)})
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        # what the config asks of each group, re-applied over a resumed optimiser's saved values
+        self._configured_groups = [{**args, **{k: v for k, v in g.items() if k not in ("params", "name")}}
+                                   for g in groups]
         return optim_cls(groups, **args)
+
+    def on_train_start(self) -> None:
+        """A resumed run trains with the optimiser settings of its config: values changed since
+        the checkpoint (a lowered learning rate after a NaN) replace the saved ones, and are said."""
+        configured = getattr(self, "_configured_groups", None)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        if not configured or not optimizers or self._resumed_step == 0:
+            return
+        for group, wanted in zip(optimizers[0].param_groups, configured):
+            for key, value in wanted.items():
+                saved = group.get(key)
+                if key in group and _differs(saved, value):
+                    group[key] = type(saved)(value) if isinstance(saved, tuple) else value
+                    print(f"note: resumed with system.optimizer {key}={value} from the config "
+                          f"(the checkpoint had {saved}){' for ' + group['name'] if 'name' in group else ''}.")
 
     # ---------------------------------------------------------------- checkpoints
     def check_finite_parameters(self) -> None:
@@ -337,3 +356,13 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         out_dir = os.path.dirname(out_dir)
         for path in self.exporter(self.geometry, self.material, out_dir):
             self.record_output("meshes", path, key=os.path.splitext(path)[1].lstrip("."), what="Mesh")
+
+
+def _differs(saved: Any, value: Any) -> bool:
+    """Whether a configured optimiser value differs from the one a checkpoint restored."""
+    if isinstance(saved, (tuple, list)) or isinstance(value, (tuple, list)):
+        return [float(v) for v in saved] != [float(v) for v in value]
+    try:
+        return float(saved) != float(value)
+    except (TypeError, ValueError):
+        return saved != value

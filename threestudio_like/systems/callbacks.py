@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -165,6 +165,22 @@ class StepProgress(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         self._stop()
+
+
+class TrialRecord(Callback):
+    """Writes the trial's ``configs/parsed.yaml`` and appends the command to ``cmd.txt`` once
+    training starts, i.e. after a ``resume=`` checkpoint has loaded: a resume that fails (another
+    recipe's checkpoint) leaves the trial's own record untouched."""
+
+    def __init__(self, write_config: Callable[[], None], cmd_file: str, command: str) -> None:
+        self.write_config = write_config
+        self.cmd_file = cmd_file
+        self.command = command
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.write_config()
+        with open(self.cmd_file, "a") as f:
+            f.write(self.command + "\n")
 
 
 class RunStatusCallback(Callback):
