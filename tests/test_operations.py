@@ -189,3 +189,25 @@ def test_a_failed_resume_keeps_the_trials_config(tmp_path, capsys):
         code = 1
     assert code != 0
     assert open(parsed).read() == before
+
+
+@pytest.mark.parametrize("where", ["turntable", "export"])
+def test_a_full_disk_outside_checkpoints_is_one_clear_message(tmp_path, capsys, monkeypatch, where):
+    import errno
+
+    from threestudio_like.utils import saving
+    from threestudio_like.export import mesh_exporter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "save/it4-test.mp4")
+
+    if where == "turntable":
+        monkeypatch.setattr(saving, "save_video", full)
+    else:
+        monkeypatch.setattr(mesh_exporter.MeshExporter, "__call__", full)
+    assert _train(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing save/it4-test.mp4" in err and "Traceback" not in err
+    trial = _trial(tmp_path)
+    assert "is intact" in err and os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt"))
+    assert read_status(trial)["error"]["category"] == "disk-full"

@@ -88,12 +88,18 @@ def report_failure(exc: BaseException, status: Optional[RunStatus] = None, check
     if category == "nonfinite":
         message = f"non-finite loss: {exc}\nLast good checkpoint: {kept or 'none saved yet'}"
     elif category == "disk-full":
-        message = str(getattr(exc, "strerror", None) or exc)
+        if isinstance(exc, ThreestudioLikeError):
+            message = str(getattr(exc, "strerror", None) or exc)
+        else:  # a full disk while writing a video, a mesh, a log ...
+            where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            intact = (f"the checkpoint {kept} is intact; free some space, then run the same command again "
+                      f"(resume={kept} to continue)") if kept else "no checkpoint had been saved yet"
+            message = f"no space left on the device{where}: {intact}."
     elif category == "export":
         saved = f" The checkpoint {kept} is saved;" if kept else ""
         message = f"mesh export failed: {exc}{saved} re-run with --export and the suggested threshold."
     code = status.fail(exc, message) if status is not None else exit_code_of(exc)
-    if isinstance(exc, ThreestudioLikeError):
+    if isinstance(exc, ThreestudioLikeError) or category == "disk-full":
         print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -210,7 +216,7 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
             kept = f"; continue with resume={checkpoint}" if os.path.exists(checkpoint) else ""
             print(f"interrupted: the run did not finish (exit {code}){kept}", file=sys.stderr)
             raise SystemExit(code) from None
-        if not isinstance(exc, ThreestudioLikeError):
+        if not isinstance(exc, ThreestudioLikeError) and category_of(exc) != "disk-full":
             raise
         return code
 

@@ -17,6 +17,7 @@ foreign exceptions (out of memory, interrupts, crashes). :func:`did_you_mean` is
 from __future__ import annotations
 
 import difflib
+import errno
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -148,6 +149,8 @@ def category_of(exc: BaseException) -> str:
     """The outcome word of any exception (ours, out of memory, interrupts, crashes)."""
     if isinstance(exc, ThreestudioLikeError):
         return exc.category
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk-full"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "SIGTERMException":

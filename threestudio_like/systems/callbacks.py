@@ -73,9 +73,13 @@ class AtomicCheckpoint(Callback):
             raise
         if self.keep_step_copies:
             step_path = os.path.join(self.dirpath, f"step={trainer.global_step}.ckpt")
-            with open(self.last_path, "rb") as src, open(step_path + ".tmp", "wb") as dst:
-                dst.write(src.read())
-            os.replace(step_path + ".tmp", step_path)
+            try:
+                with open(self.last_path, "rb") as src, open(step_path + ".tmp", "wb") as dst:
+                    dst.write(src.read())
+                os.replace(step_path + ".tmp", step_path)
+            finally:
+                if os.path.exists(step_path + ".tmp"):  # a failed copy leaves nothing behind
+                    os.remove(step_path + ".tmp")
         self.last_saved_step = trainer.global_step
         return self.last_path
 
