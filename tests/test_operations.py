@@ -211,3 +211,12 @@ def test_a_full_disk_outside_checkpoints_is_one_clear_message(tmp_path, capsys, 
     trial = _trial(tmp_path)
     assert "is intact" in err and os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt"))
     assert read_status(trial)["error"]["category"] == "disk-full"
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "-2"], ["--slurm-max-parallel", "0"]])
+def test_batch_refuses_zero_workers(tmp_path, capsys, flags):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a corgi\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--batch", str(jobs), "--config", "demo.yaml", *flags])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
