@@ -88,12 +88,18 @@ def report_failure(exc: BaseException, status: Optional[RunStatus] = None, check
     if category == "nonfinite":
         message = f"non-finite loss: {exc}\nLast good checkpoint: {kept or 'none saved yet'}"
     elif category == "disk-full":
-        message = str(getattr(exc, "strerror", None) or exc)
+        if isinstance(exc, ThreestudioLikeError):
+            message = str(getattr(exc, "strerror", None) or exc)
+        else:  # a full disk while writing a video, a mesh, a log ...
+            where = f" while writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            intact = (f"the checkpoint {kept} is intact; free some space, then run the same command again "
+                      f"(resume={kept} to continue)") if kept else "no checkpoint had been saved yet"
+            message = f"no space left on the device{where}: {intact}."
     elif category == "export":
         saved = f" The checkpoint {kept} is saved;" if kept else ""
         message = f"mesh export failed: {exc}{saved} re-run with --export and the suggested threshold."
     code = status.fail(exc, message) if status is not None else exit_code_of(exc)
-    if isinstance(exc, ThreestudioLikeError):
+    if isinstance(exc, ThreestudioLikeError) or category == "disk-full":
         print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -128,6 +134,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = load_config(args.config, extras)
+        from threestudio_like.training import check_one_device
+
+        check_one_device(dict(cfg.trainer), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         if mode not in ("train", "sample") and not cfg.resume:
             raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
     except ThreestudioLikeError as exc:
@@ -203,7 +212,11 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
         code = report_failure(exc, status, checkpoint)
         if status.data["phase"] == "setup" and fresh_trial and not os.environ.get(ENV_STATUS_FILE):
             shutil.rmtree(trial, ignore_errors=True)  # nothing was made: leave no empty trial behind
-        if not isinstance(exc, ThreestudioLikeError):
+        if category_of(exc) == "interrupted":  # never a success: 130 (Ctrl-C) or 143 (SIGTERM)
+            kept = f"; continue with resume={checkpoint}" if os.path.exists(checkpoint) else ""
+            print(f"interrupted: the run did not finish (exit {code}){kept}", file=sys.stderr)
+            raise SystemExit(code) from None
+        if not isinstance(exc, ThreestudioLikeError) and category_of(exc) != "disk-full":
             raise
         return code
 
@@ -216,7 +229,8 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     from threestudio_like import find
     from threestudio_like.config import dump_parsed
     from threestudio_like.models.checkpoints import lightning_safe_globals, read_training_checkpoint
-    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress
+    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress, TrialRecord
+    from threestudio_like.training import active_backends, run_loggers, trainer_arguments
 
     trial = cfg.trial_dir
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -226,43 +240,21 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(os.path.join(trial, "save"))
     system.status = status
+    train = mode == "train"
+    if train:
+        system.prepare_prior()  # weights and prompt embeddings load now: a problem leaves no trial behind
 
     use_gpu = torch.cuda.is_available()
-    trainer_args = dict(cfg.trainer)
-    if not use_gpu and "16" in str(trainer_args.get("precision", "32")):
-        trainer_args["precision"] = "32-true"  # half precision is slow or unsupported on CPU
-    if "val_check_interval" in trainer_args:
-        trainer_args.setdefault("check_val_every_n_epoch", None)
-    train = mode == "train"
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
-    callbacks = [ckpt_cb] if train else []
+    record = TrialRecord(lambda: dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml")),
+                         os.path.join(trial, "cmd.txt"), "python launch.py " + " ".join(shlex.quote(a) for a in argv))
+    callbacks = [ckpt_cb, record] if train else []
     callbacks += [StepProgress(), RunStatusCallback(status)]
-    loggers = []
-    if train:
-        dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml"))
-        with open(os.path.join(trial, "cmd.txt"), "a") as f:
-            f.write("python launch.py " + " ".join(shlex.quote(a) for a in argv) + "\n")
-        from pytorch_lightning.loggers import CSVLogger
-
-        loggers.append(CSVLogger(trial, name="logs", version="csv"))
-        try:
-            from pytorch_lightning.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(trial, name="logs", version="tb"))
-        except (ImportError, ModuleNotFoundError):
-            pass
-    trainer = pl.Trainer(
-        accelerator="gpu" if use_gpu else "cpu",
-        devices=-1 if use_gpu else 1,
-        callbacks=callbacks,
-        logger=loggers or False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        inference_mode=False,
-        num_sanity_val_steps=0,
-        **trainer_args,
-    )
+    loggers = run_loggers(trial) if train else []
+    trainer = pl.Trainer(**trainer_arguments(dict(cfg.trainer), use_gpu, callbacks, loggers))
+    backends = active_backends(system, trainer.strategy.root_device, trainer.precision)
+    status.set(backends=backends)
+    print("Backends: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in backends.items()))
     print(f"Trial directory: {trial}")
     resume = {"ckpt_path": cfg.resume, "weights_only": True}
     with lightning_safe_globals():

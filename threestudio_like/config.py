@@ -483,7 +483,7 @@ def _derive_trial_dir(cfg: DictConfig) -> None:
         if not cfg.timestamp:
             cfg.timestamp = time.strftime("@%Y%m%d-%H%M%S")
         tag += cfg.timestamp
-    cfg.trial_dir = os.path.join(cfg.exp_root_dir, cfg.name, tag)
+    cfg.trial_dir = os.path.join(cfg.exp_root_dir, slugify(cfg.name) if cfg.name else "default", tag)
 
 
 def dump_parsed(cfg: DictConfig, path: Union[str, Path]) -> None:

@@ -17,6 +17,7 @@ foreign exceptions (out of memory, interrupts, crashes). :func:`did_you_mean` is
 from __future__ import annotations
 
 import difflib
+import errno
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -139,16 +140,21 @@ class IsosurfaceError(RunFailure, ValueError):
 # mapping any exception to an outcome
 
 INTERRUPTED_EXIT = 130
+"""Exit status of a run stopped by Ctrl-C (128 + SIGINT)."""
+TERMINATED_EXIT = 143
+"""Exit status of a run stopped by SIGTERM (128 + SIGTERM)."""
 
 
 def category_of(exc: BaseException) -> str:
     """The outcome word of any exception (ours, out of memory, interrupts, crashes)."""
     if isinstance(exc, ThreestudioLikeError):
         return exc.category
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk-full"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
-    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException":
-        return "interrupted"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "SIGTERMException":
+        return "interrupted"  # Lightning turns Ctrl-C into SystemExit after saving
     return "crash"
 
 
@@ -156,6 +162,8 @@ def exit_code_of(exc: BaseException) -> int:
     """The exit status a command ends with after ``exc``."""
     if isinstance(exc, ThreestudioLikeError):
         return exc.exit_code
+    if type(exc).__name__ == "SIGTERMException":
+        return TERMINATED_EXIT
     if category_of(exc) == "interrupted":
         return INTERRUPTED_EXIT
     return 1

@@ -68,6 +68,27 @@ def read_final_loss(metrics_csv: Union[str, Path]) -> Tuple[Optional[float], Opt
     return loss, step
 
 
+def read_loss_curve(metrics_csv: Union[str, Path], max_points: int = 120) -> List[List[float]]:
+    """``[step, loss, attempt]`` of every logged ``train/loss`` (every attempt of a resumed run),
+    thinned to at most ``max_points`` points."""
+    points: List[List[float]] = []
+    try:
+        with open(metrics_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    loss = float(row.get("train/loss") or "nan")
+                    step = int(float(row.get("step") or 0))
+                    attempt = int(float(row.get("attempt") or 1))
+                except ValueError:
+                    continue
+                if math.isfinite(loss):
+                    points.append([step, loss, attempt])
+    except OSError:
+        return []
+    stride = max(1, math.ceil(len(points) / max_points))
+    return points[::stride]
+
+
 def collect_result(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any]:
     """Outputs of a trial directory, as paths relative to the batch folder.
 
@@ -78,6 +99,23 @@ def collect_result(batch_dir: Union[str, Path], trial_rel: str) -> Dict[str, Any
     if status is not None and isinstance(status.get("outputs"), dict):
         return result_from_status(batch_dir, trial_rel, status)
     return scan_trial(batch_dir, trial_rel)
+
+
+def loss_svg(points: List[List[float]], width: int = 240, height: int = 48) -> str:
+    """An inline SVG of the loss over steps (log scale), one polyline per attempt."""
+    if len(points) < 2:
+        return ""
+    steps = [p[0] for p in points]
+    logs = [math.log10(max(p[1], 1e-12)) for p in points]
+    s0, s1, l0, l1 = min(steps), max(steps), min(logs), max(logs)
+    lines = []
+    for attempt in sorted({int(p[2]) for p in points}):
+        xy = [(width * (s - s0) / max(s1 - s0, 1), height - height * (v - l0) / max(l1 - l0, 1e-9))
+              for (s, _, a), v in zip(points, logs) if int(a) == attempt]
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+        lines.append(f'<polyline class="attempt{attempt % 4}" points="{coords}"><title>attempt {attempt}</title></polyline>')
+    return (f'<svg class="loss" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="training loss, steps {s0} to {s1}">{"".join(lines)}</svg>')
 
 
 def _empty_result() -> Dict[str, Any]:
@@ -201,6 +239,8 @@ def build_summary(state: BatchState) -> Dict[str, Any]:
             "seconds": round(rec.get("seconds") or 0.0, 2),
             "attempts": len([a for a in rec.get("attempts", []) if a.get("outcome") != "interrupted"]),
             "final_loss": result.get("final_loss"),
+            "loss_curve": read_loss_curve(state.batch_dir / rec["trial_dir"] / "logs" / "csv" / "metrics.csv")
+            if rec.get("trial_dir") else [],
             "steps": result.get("steps"),
             "outcome": last.get("outcome"),
             "error": rec.get("error"),
@@ -248,6 +288,8 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:6px 0}dt{colo
 pre.error{white-space:pre-wrap;word-break:break-word;background:#fff5f3;color:var(--bad);padding:6px 8px;border-radius:4px;margin:8px 0 0;font-size:12px}
 details{margin-top:6px;color:var(--mute)}code{font-size:12px}.broken-note{color:var(--bad);font-size:12px}
 footer{color:var(--mute);padding:0 24px 24px}
+svg.loss{display:block;margin:6px 0;background:#fafaf7;border:1px solid var(--line)}svg.loss polyline{fill:none;stroke-width:1.5}
+.attempt1{stroke:#2f5d8a}.attempt2{stroke:#c0792b}.attempt3{stroke:#23824a}.attempt0{stroke:#8a2f6d}
 """
 
 SCRIPT = """
@@ -328,6 +370,7 @@ def _card(job: Dict[str, Any]) -> str:
         ("attempts", job.get("attempts")),
     ]
     parts.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>")
+    parts.append(loss_svg(job.get("loss_curve") or []))
     if job.get("overrides"):
         parts.append("<details><summary>overrides</summary><code>"
                      + "<br>".join(_e(o) for o in job["overrides"]) + "</code></details>")

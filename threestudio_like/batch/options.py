@@ -12,6 +12,17 @@ from typing import TextIO
 from threestudio_like.batch.jobs import BatchSpec
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 workers would wait forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``--batch`` command line."""
     parser = argparse.ArgumentParser(
@@ -25,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "outputs/batches/<job file name>)")
     parser.add_argument("--gpus", help="GPU ids, one worker each, e.g. 0,1,2,3; 'cpu' to run on CPU "
                                        "(default: every visible GPU, else one CPU worker)")
-    parser.add_argument("--workers", type=int, default=1, help="number of CPU workers when there is no GPU (default 1)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="number of CPU workers when there is no GPU (default 1)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local worker processes (default) or SLURM through submitit")
     parser.add_argument("--retry-failed", action="store_true", help="give failed jobs a new set of attempts")
@@ -37,16 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a stopped job gets to save its checkpoint before it is killed")
     slurm = parser.add_argument_group("slurm (with --launcher slurm; needs `pip install submitit`)")
     slurm.add_argument("--slurm-partition")
-    slurm.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job (default 1440)")
-    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1)")
-    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (default 8)")
-    slurm.add_argument("--slurm-mem-gb", type=int, help="memory per job")
+    slurm.add_argument("--slurm-time", type=positive_int, default=24 * 60, help="minutes per job (default 1440)")
+    slurm.add_argument("--slurm-gpus", type=positive_int, default=1, help="GPUs per job (default 1)")
+    slurm.add_argument("--slurm-cpus", type=positive_int, default=8, help="CPUs per job (default 8)")
+    slurm.add_argument("--slurm-mem-gb", type=positive_int, help="memory per job")
     slurm.add_argument("--slurm-account")
     slurm.add_argument("--slurm-qos")
     slurm.add_argument("--slurm-constraint")
     slurm.add_argument("--slurm-setup", action="append", default=[],
                        help="shell line run before each job, e.g. 'source ~/venv/bin/activate' (repeatable)")
-    slurm.add_argument("--slurm-max-parallel", type=int, default=32, help="jobs queued on the cluster at once")
+    slurm.add_argument("--slurm-max-parallel", type=positive_int, default=32, help="jobs queued on the cluster at once")
     slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
                        help="submitit executor: 'local' runs the same submissions on this machine (testing)")
     parser.add_argument("--verbose", action="store_true")

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +26,9 @@ from threestudio_like.errors import NonFiniteLossError
 from threestudio_like.run_status import RunStatus
 from threestudio_like.utils import saving
 
+
+TURNTABLE_LOG_FRAMES = 8
+"""Frames of the turntable shown in TensorBoard."""
 
 @dataclass
 class OptimizerConfig:
@@ -100,6 +104,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             self._guidance.do_update_step(self.current_epoch_safe, self.true_global_step)
         return self._guidance
 
+    def prepare_prior(self) -> None:
+        """Load the prior's weights and text condition now rather than at the first step (image
+        conditions need a batch and come then)."""
+        _ = self.guidance, self.condition
+
     @property
     def condition(self) -> Any:
         """Prompt embeddings (or other condition) given to the guidance; None if unused."""
@@ -123,6 +132,15 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             print(f"{what} written: {path}")
         if self.status is not None:
             self.status.add_output(kind, path, key)
+
+    def log_images(self, tag: str, images: np.ndarray) -> None:
+        """Images ``[N, H, W, 3]`` (uint8) to TensorBoard, when the run logs there (scalars go to
+        every logger through ``self.log``)."""
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_images(tag, images, self.true_global_step, dataformats="NHWC")
 
     def save_path(self, name: str) -> str:
         path = os.path.join(self.save_dir, name)
@@ -193,12 +211,18 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(
                     f"{name} = {value.item()} at step {self.true_global_step}. Training stopped; "
-                    f"the last good checkpoint is kept. Lower the learning rate or "
-                    f"grad_clip, or check the inputs, then resume."
+                    f"the last good checkpoint is kept. Lower system.optimizer.args.lr (a resumed "
+                    f"run takes the config's optimiser settings) or set system.guidance.grad_clip, "
+                    f"or check the inputs, then resume."
                 )
             total = value * weight if total is None else total + value * weight
         if total is None:
             raise ConfigError("Every loss weight is 0: nothing to optimise.")
+        if not torch.isfinite(total).all():
+            raise NonFiniteLossError(
+                f"the weighted total loss = {total.item()} at step {self.true_global_step} (check the "
+                f"system.loss.lambda_* weights). Training stopped; the last good checkpoint is kept."
+            )
         self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         return total
 
@@ -244,9 +268,38 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
                     groups.append({"params": params, "name": str(path), **dict(group_args)})
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        # what the config asks of each group, re-applied over a resumed optimiser's saved values
+        self._configured_groups = [{**args, **{k: v for k, v in g.items() if k not in ("params", "name")}}
+                                   for g in groups]
         return optim_cls(groups, **args)
 
+    def on_train_start(self) -> None:
+        """A resumed run trains with the optimiser settings of its config: values changed since
+        the checkpoint (a lowered learning rate after a NaN) replace the saved ones, and are said."""
+        configured = getattr(self, "_configured_groups", None)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        if not configured or not optimizers or self._resumed_step == 0:
+            return
+        for group, wanted in zip(optimizers[0].param_groups, configured):
+            for key, value in wanted.items():
+                saved = group.get(key)
+                if key in group and _differs(saved, value):
+                    group[key] = type(saved)(value) if isinstance(saved, tuple) else value
+                    print(f"note: resumed with system.optimizer {key}={value} from the config "
+                          f"(the checkpoint had {saved}){' for ' + group['name'] if 'name' in group else ''}.")
+
     # ---------------------------------------------------------------- checkpoints
+    def check_finite_parameters(self) -> None:
+        """Raise :class:`NonFiniteLossError` when a trainable parameter holds NaN/Inf (e.g. after
+        an infinite learning rate): such a state must never become the last good checkpoint."""
+        bad = [name for name, p in self.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"parameters became non-finite at step {self.true_global_step} ({', '.join(bad[:3])}); "
+                f"training stopped without saving them; the last good checkpoint is kept. Lower "
+                f"system.optimizer.args.lr (or set a grad_clip) and start again from that checkpoint."
+            )
+
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("guidance.") or k.startswith("_guidance.")]:
@@ -271,8 +324,10 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             panels.append(out["opacity"][i])
             panels.append(saving.normalize_depth(out["depth"][i], out["opacity"][i]))
             path = self.save_path(f"it{self.true_global_step}-{index}.png")
-            saving.save_image_grid(path, panels)
+            grid = saving.image_grid(panels)
+            saving.save_image(path, grid)
             self.record_output("validation", path)
+            self.log_images(f"validation/{index}", grid[None])
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         out = self.render_eval(batch)
@@ -285,6 +340,8 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         frames = saving.frame_paths(folder)
         if frames:
             self.record_output("turntable_frames", folder)
+            step = max(len(frames) // TURNTABLE_LOG_FRAMES, 1)
+            self.log_images("turntable", np.stack([saving.read_image(f) for f in frames[::step]]))
         for fmt in self.cfg.test_formats:
             path = saving.save_video(f"{folder}.{fmt}", frames, fps=self.cfg.test_fps)
             self.record_output("video" if fmt == "mp4" else fmt, path, what="Turntable")
@@ -299,3 +356,13 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         out_dir = os.path.dirname(out_dir)
         for path in self.exporter(self.geometry, self.material, out_dir):
             self.record_output("meshes", path, key=os.path.splitext(path)[1].lstrip("."), what="Mesh")
+
+
+def _differs(saved: Any, value: Any) -> bool:
+    """Whether a configured optimiser value differs from the one a checkpoint restored."""
+    if isinstance(saved, (tuple, list)) or isinstance(value, (tuple, list)):
+        return [float(v) for v in saved] != [float(v) for v in value]
+    try:
+        return float(saved) != float(value)
+    except (TypeError, ValueError):
+        return saved != value

@@ -6,13 +6,29 @@ import errno
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from threestudio_like.errors import DiskFullError
 from threestudio_like.run_status import RunStatus
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class AtomicCheckpoint(Callback):
@@ -34,11 +50,16 @@ class AtomicCheckpoint(Callback):
         return os.path.join(self.dirpath, "last.ckpt")
 
     def save(self, trainer: pl.Trainer) -> str:
+        module = getattr(trainer, "lightning_module", None)
+        if module is not None and hasattr(module, "check_finite_parameters"):
+            module.check_finite_parameters()  # never write a NaN state as the last good one
         os.makedirs(self.dirpath, exist_ok=True)
         tmp = self.last_path + ".tmp"
         try:
             trainer.save_checkpoint(tmp)
+            _fsync_file(tmp)
             os.replace(tmp, self.last_path)
+            _fsync_dir(self.dirpath)  # the rename survives a power loss too
         except OSError as exc:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -52,9 +73,13 @@ class AtomicCheckpoint(Callback):
             raise
         if self.keep_step_copies:
             step_path = os.path.join(self.dirpath, f"step={trainer.global_step}.ckpt")
-            with open(self.last_path, "rb") as src, open(step_path + ".tmp", "wb") as dst:
-                dst.write(src.read())
-            os.replace(step_path + ".tmp", step_path)
+            try:
+                with open(self.last_path, "rb") as src, open(step_path + ".tmp", "wb") as dst:
+                    dst.write(src.read())
+                os.replace(step_path + ".tmp", step_path)
+            finally:
+                if os.path.exists(step_path + ".tmp"):  # a failed copy leaves nothing behind
+                    os.remove(step_path + ".tmp")
         self.last_saved_step = trainer.global_step
         return self.last_path
 
@@ -68,6 +93,11 @@ class AtomicCheckpoint(Callback):
             self.save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if pl_module is not None and hasattr(pl_module, "check_finite_parameters"):
+            try:
+                pl_module.check_finite_parameters()
+            except Exception:  # a non-finite state is not saved on the way out either
+                return
         interrupted = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException"
         if interrupted and trainer.training and trainer.global_step != self.last_saved_step:
             path = self.save(trainer)
@@ -139,6 +169,22 @@ class StepProgress(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         self._stop()
+
+
+class TrialRecord(Callback):
+    """Writes the trial's ``configs/parsed.yaml`` and appends the command to ``cmd.txt`` once
+    training starts, i.e. after a ``resume=`` checkpoint has loaded: a resume that fails (another
+    recipe's checkpoint) leaves the trial's own record untouched."""
+
+    def __init__(self, write_config: Callable[[], None], cmd_file: str, command: str) -> None:
+        self.write_config = write_config
+        self.cmd_file = cmd_file
+        self.command = command
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.write_config()
+        with open(self.cmd_file, "a") as f:
+            f.write(self.command + "\n")
 
 
 class RunStatusCallback(Callback):

@@ -38,6 +38,14 @@ def normalize_depth(depth: ImageLike, mask: ImageLike) -> np.ndarray:
     return out
 
 
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """An image file as ``[H, W, 3]`` uint8 (alpha dropped)."""
+    import imageio.v2 as imageio
+
+    image = np.asarray(imageio.imread(str(path)))
+    return to_uint8(image[..., :3] if image.ndim == 3 else image)
+
+
 def save_image(path: Union[str, Path], img: ImageLike) -> str:
     import imageio.v2 as imageio
 
@@ -46,9 +54,14 @@ def save_image(path: Union[str, Path], img: ImageLike) -> str:
     return str(path)
 
 
+def image_grid(panels: Sequence[ImageLike]) -> np.ndarray:
+    """Panels (``[H, W, C]`` in [0, 1], same height) side by side, ``[H, sum W, 3]`` uint8."""
+    return np.concatenate([to_uint8(p) for p in panels], axis=1)
+
+
 def save_image_grid(path: Union[str, Path], panels: Sequence[ImageLike]) -> str:
     """Save panels (``[H, W, C]`` in [0, 1], same height) side by side."""
-    return save_image(path, np.concatenate([to_uint8(p) for p in panels], axis=1))
+    return save_image(path, image_grid(panels))
 
 
 def frame_paths(folder: Union[str, Path]) -> List[str]:
