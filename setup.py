@@ -5,6 +5,8 @@ On a CPU-only machine install with the constraint file so that pip keeps the CPU
 """
 from setuptools import find_packages, setup
 
+RECIPES_PACKAGE = "threestudio_like._recipes"
+
 setup(
     name="threestudio_like",
     version="0.1.0",
@@ -13,7 +15,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
+    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]) + [RECIPES_PACKAGE],
+    # The recipes ship inside the package: configs/ (kept at the repository root, where
+    # ``--config configs/demo.yaml`` and ``./configs/`` lookups work in a checkout) is installed as
+    # threestudio_like/_recipes/, the last place ``--config NAME`` looks (threestudio_like/config.py).
+    package_dir={RECIPES_PACKAGE: "configs"},
+    package_data={RECIPES_PACKAGE: ["*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
