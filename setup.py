@@ -33,9 +33,13 @@ setup(
         "imageio-ffmpeg>=0.4.9",
         "rich>=13",
         "tensorboard>=2.14",
-        "diffusers>=0.30",
+        # below the next major version: our attention processors use diffusers' internals
+        "diffusers>=0.30,<1",
         "transformers>=4.40,<6",
+        "huggingface_hub>=0.23",
         "safetensors>=0.4",
+        "Pillow>=9",
+        "PyYAML>=5.1",
     ],
     extras_require={
         "test": [
@@ -46,7 +50,9 @@ setup(
             "matplotlib>=3.7",
         ],
         "slurm": ["submitit>=1.5"],
-        "gpu": ["tinycudann"],
+        # Only what installs from the package index. The fast hash grid, tiny-cuda-nn, builds from
+        # its git source with nvcc (README: "GPU quick start"); without it a PyTorch one runs.
+        "gpu": ["ninja"],
         "bench": ["opencv-python-headless>=4.8,<5", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["threestudio-like=threestudio_like.cli:main"]},
