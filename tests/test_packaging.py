@@ -94,6 +94,31 @@ def test_requirements_install_from_the_index_and_bound_diffusers():
     assert (major, minor) >= (0, 30) and major < 1  # the installed one satisfies the range
 
 
+def test_recipes_lookup_order_listing_and_show_config(tmp_path, monkeypatch, capsys):
+    from threestudio_like import cli, config
+
+    bundled = tmp_path / "site" / "threestudio_like" / "_recipes"  # as an installed wheel has it
+    bundled.mkdir(parents=True)
+    shutil.copy(Path(REPO_ROOT, "configs", "demo.yaml"), bundled / "demo.yaml")
+    (bundled / "shipped.yaml").write_text("# Shipped with the package.\nname: shipped\n")
+    monkeypatch.setattr(config, "BUNDLED_RECIPES", bundled)
+    monkeypatch.chdir(tmp_path)  # no ./configs/ yet: only the bundled recipes answer
+    assert config.find_config_file("demo") == bundled / "demo.yaml"
+    assert config.find_config_file("configs/shipped.yaml") == bundled / "shipped.yaml"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "shipped.yaml").write_text("name: mine\n")  # ./configs/ comes first
+    assert config.find_config_file("shipped.yaml") == Path("configs/shipped.yaml").absolute()
+
+    assert cli.main(["--recipes"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^demo\.yaml +The CPU demo", out, re.M) and re.search(r"^shipped\.yaml *$", out, re.M)
+    assert cli.main(["--show-config", "demo", "trainer.max_steps=3", "exp_root_dir=runs"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"# {bundled / 'demo.yaml'}") and "max_steps: 3" in shown
+    assert cli.main(["--show-config", "demoo.yaml"]) == 2
+    assert "Did you mean 'demo.yaml'" in capsys.readouterr().err
+
+
 def _fresh_venv(tmp: Path) -> Path:
     """A venv without pip that reuses this interpreter's site-packages for the dependencies."""
     venv = tmp / "venv"

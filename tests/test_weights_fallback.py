@@ -15,29 +15,20 @@ import threestudio_like.prompt.stable_diffusion as SDP
 from conftest import REPO_ROOT
 from threestudio_like.errors import MissingWeightsError
 from threestudio_like.models.hub import SD21_BASE, WeightsSource, resolve_weights
+from test_weights import _fake_cached_file, empty_hf_cache  # noqa: F401  (empty_hf_cache: a fixture)
 
 OLD_ID = "stabilityai/stable-diffusion-2-1-base"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def hf_cache(empty_hf_cache, monkeypatch):
     monkeypatch.setattr(hub, "_NOTED", set())  # every test sees its own notes
-    return cache
+    return empty_hf_cache
 
 
-def _snapshot(cache: Path, repo: str) -> Path:
-    """The snapshot folder of ``repo`` in a Hugging Face cache (refs/main -> snapshots/<commit>)."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    snap = folder / "snapshots" / COMMIT
-    snap.mkdir(parents=True, exist_ok=True)
-    return snap
+def _snapshot(cache: Path, repo: str, filename: str = "model_index.json") -> Path:
+    """The snapshot folder of ``repo`` in the cache, holding ``filename`` (``{}``)."""
+    return Path(_fake_cached_file(cache, repo, filename, b"{}")[: -len(filename)])
 
 
 def _cache_tokenizer(cache: Path, repo: str) -> None:
@@ -45,10 +36,7 @@ def _cache_tokenizer(cache: Path, repo: str) -> None:
 
 
 def _cache_unet(cache: Path, repo: str) -> Path:
-    snap = _snapshot(cache, repo)
-    (snap / "unet").mkdir()
-    (snap / "unet" / "config.json").write_text("{}")
-    return snap
+    return _snapshot(cache, repo, "unet/config.json")
 
 
 def _load_default_tokenizer():
