@@ -95,13 +95,13 @@ def test_requirements_install_from_the_index_and_bound_diffusers():
 
 
 def test_recipes_lookup_order_listing_and_show_config(tmp_path, monkeypatch, capsys):
-    from threestudio_like import cli, config
+    from threestudio_like import cli, config, recipes
 
     bundled = tmp_path / "site" / "threestudio_like" / "_recipes"  # as an installed wheel has it
     bundled.mkdir(parents=True)
     shutil.copy(Path(REPO_ROOT, "configs", "demo.yaml"), bundled / "demo.yaml")
     (bundled / "shipped.yaml").write_text("# Shipped with the package.\nname: shipped\n")
-    monkeypatch.setattr(config, "BUNDLED_RECIPES", bundled)
+    monkeypatch.setattr(recipes, "BUNDLED_RECIPES", bundled)
     monkeypatch.chdir(tmp_path)  # no ./configs/ yet: only the bundled recipes answer
     assert config.find_config_file("demo") == bundled / "demo.yaml"
     assert config.find_config_file("configs/shipped.yaml") == bundled / "shipped.yaml"

@@ -24,20 +24,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from threestudio_like.errors import ConfigError, FieldError, did_you_mean
+from threestudio_like.recipes import config_dirs, find_config_file  # noqa: F401  (recipe lookup: path, ./configs/, bundled)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-# The recipes bundled with the package: an installed wheel carries them as package data
-# (setup.py maps the repository's configs/ to threestudio_like/_recipes); a source checkout
-# (plain or editable install) reads the repository's configs/ itself.
-BUNDLED_RECIPES = PACKAGE_ROOT / "_recipes"
-SOURCE_RECIPES = PACKAGE_ROOT.parent / "configs"
-
-
-def config_dirs() -> Tuple[Path, ...]:
-    """Where bare recipe names are looked up, in order: ``./configs/``, then the bundled recipes."""
-    bundled = BUNDLED_RECIPES if BUNDLED_RECIPES.is_dir() else SOURCE_RECIPES
-    dirs = [Path.cwd() / "configs", bundled]
-    return tuple(d for i, d in enumerate(dirs) if d.resolve() not in {e.resolve() for e in dirs[:i]})
 
 # Short command-line aliases -> full config keys.
 ALIASES: Dict[str, str] = {
@@ -346,30 +335,6 @@ class ExperimentConfig:
     plugins: List[str] = field(default_factory=list)
     """Python files with extra parts (a prior, a system ...) imported before the config is checked;
     relative paths are relative to the config file."""
-
-
-def find_config_file(name: str) -> Path:
-    """A path, or a recipe name looked up in :func:`config_dirs` (``.yaml`` may be left off).
-
-    ``configs/<file>`` also finds a bundled recipe when there is no ``./configs/`` folder.
-    """
-    path = Path(name)
-    if path.is_file():
-        return path
-    dirs = config_dirs()
-    names = [name, f"{name}.yaml"]
-    if not path.is_absolute() and len(path.parts) == 2 and path.parts[0] == "configs":
-        names += [path.name, f"{path.name}.yaml"]
-    for cand in (d / n for n in names for d in dirs):
-        if cand.is_file():
-            return cand
-    known = sorted({p.name for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
-    hint = did_you_mean(path.name, known)
-    raise ConfigError(
-        f"Config file '{name}' not found (looked at the path, in ./configs/ and in the bundled "
-        f"recipes).{hint} Available recipes: {', '.join(known) or 'none'} "
-        f"(threestudio-like --recipes lists them)."
-    )
 
 
 def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:
