@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean wheel
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# A wheel of the package (recipes included) in dist/: pip install dist/threestudio_like-*.whl
+wheel: install
+	$(PY) -m pip wheel --no-deps --no-build-isolation . -w dist

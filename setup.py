@@ -5,6 +5,8 @@ On a CPU-only machine install with the constraint file so that pip keeps the CPU
 """
 from setuptools import find_packages, setup
 
+RECIPES_PACKAGE = "threestudio_like._recipes"
+
 setup(
     name="threestudio_like",
     version="0.1.0",
@@ -13,7 +15,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
+    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]) + [RECIPES_PACKAGE],
+    # The recipes ship inside the package: configs/ (kept at the repository root, where
+    # ``--config configs/demo.yaml`` and ``./configs/`` lookups work in a checkout) is installed as
+    # threestudio_like/_recipes/, the last place ``--config NAME`` looks (threestudio_like/config.py).
+    package_dir={RECIPES_PACKAGE: "configs"},
+    package_data={RECIPES_PACKAGE: ["*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
@@ -26,9 +33,13 @@ setup(
         "imageio-ffmpeg>=0.4.9",
         "rich>=13",
         "tensorboard>=2.14",
-        "diffusers>=0.30",
+        # below the next major version: our attention processors use diffusers' internals
+        "diffusers>=0.30,<1",
         "transformers>=4.40,<6",
+        "huggingface_hub>=0.23",
         "safetensors>=0.4",
+        "Pillow>=9",
+        "PyYAML>=5.1",
     ],
     extras_require={
         "test": [
@@ -39,7 +50,9 @@ setup(
             "matplotlib>=3.7",
         ],
         "slurm": ["submitit>=1.5"],
-        "gpu": ["tinycudann"],
+        # Only what installs from the package index. The fast hash grid, tiny-cuda-nn, builds from
+        # its git source with nvcc (README: "GPU quick start"); without it a PyTorch one runs.
+        "gpu": ["ninja"],
         "bench": ["opencv-python-headless>=4.8,<5", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["threestudio-like=threestudio_like.cli:main"]},

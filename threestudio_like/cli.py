@@ -120,6 +120,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bench_main(argv)
     if "--convert" in argv:
         return convert_main(argv)
+    # --- recipes: --recipes | --show-config NAME [key=value ...] (threestudio_like/recipes.py) ---
+    if any(a in ("--recipes", "--show-config") or a.startswith("--show-config=") for a in argv):
+        from threestudio_like.config import load_config
+        from threestudio_like.recipes import recipes_main
+
+        return recipes_main(argv, load_config)
+    # --- end recipes ---
     args, extras = build_parser().parse_known_args(argv)
     mode = next(m for m in MODES if getattr(args, m))
     unknown_flags = [e for e in extras if e.startswith("--")]

@@ -24,10 +24,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from threestudio_like.errors import ConfigError, FieldError, did_you_mean
+from threestudio_like.recipes import config_dirs, find_config_file  # noqa: F401  (recipe lookup: path, ./configs/, bundled)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-# Recipes ship beside the package in a source checkout; an installed copy also looks in the CWD.
-CONFIG_DIRS = (Path.cwd() / "configs", PACKAGE_ROOT.parent / "configs")
 
 # Short command-line aliases -> full config keys.
 ALIASES: Dict[str, str] = {
@@ -336,23 +335,6 @@ class ExperimentConfig:
     plugins: List[str] = field(default_factory=list)
     """Python files with extra parts (a prior, a system ...) imported before the config is checked;
     relative paths are relative to the config file."""
-
-
-def find_config_file(name: str) -> Path:
-    """A path, or a bare file name looked up in ``configs/``."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    candidates = [d / name for d in CONFIG_DIRS] + [d / f"{name}.yaml" for d in CONFIG_DIRS]
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    known = sorted({p.name for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    hint = did_you_mean(path.name, known)
-    raise ConfigError(
-        f"Config file '{name}' not found (looked at the path and in configs/).{hint} "
-        f"Available recipes: {', '.join(known) or 'none'}."
-    )
 
 
 def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:

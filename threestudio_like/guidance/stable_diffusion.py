@@ -22,6 +22,7 @@ from threestudio_like.guidance.base import classifier_free
 from threestudio_like.guidance.latent_diffusion import TextPriorGuidance, UNetBranch, unet_and_vae
 from threestudio_like.models.architectures import TINY_SD21_UNET
 from threestudio_like.models.builders import parts_from_ldm_checkpoint
+from threestudio_like.models.hub import SD21_BASE
 from threestudio_like.models.loader import WeightsRecipe, register_weights
 from threestudio_like.prompt.stable_diffusion import PromptEmbeddings
 from threestudio_like.prompt.view_dependent import ViewDependentEmbeddings
@@ -43,8 +44,9 @@ class StableDiffusionGuidance(TextPriorGuidance):
         """Condition each view on its direction's prompt (needs view-dependent embeddings)."""
         use_perp_neg: bool = False
         """Perp-Neg: negative view prompts, perpendicular to the positive direction."""
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
-        """SD2.1-base: Hugging Face id, diffusers folder, ldm checkpoint, or tiny-random."""
+        pretrained_model_name_or_path: str = SD21_BASE
+        """SD2.1-base (the live mirror; the removed stabilityai id is tried after it): Hugging Face id,
+        diffusers folder, ldm checkpoint, or tiny-random."""
         guidance_scale: float = 100.0
         """DreamFusion's large CFG scale."""
 

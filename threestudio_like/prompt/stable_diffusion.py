@@ -23,16 +23,19 @@ from threestudio_like import register
 from threestudio_like.base import BaseObject
 from threestudio_like.errors import MissingWeightsError
 from threestudio_like.models.builders import text_encoder_from_open_clip, tiny_text_encoder
-from threestudio_like.models.hub import (TINY_RANDOM, WeightsSource, has_component, hf_cache_dir,
-                                         missing_weights_error, resolve_weights)
+from threestudio_like.models.hub import (SD21_BASE, TINY_RANDOM, WeightsSource, has_component, hf_cache_dir,
+                                         hub_alternatives, missing_weights_error, resolve_weights)
 from threestudio_like.models.ldm_convert import OPEN_CLIP_PREFIX
 from threestudio_like.models.checkpoints import sub_state_dict
 from threestudio_like.models.loader import Part, WeightsRecipe, load_model
 
-# Tried in this order when neither the config nor the weights folder names a tokenizer.
-DEFAULT_TOKENIZER_REPOS = ("stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1")
+# Tried in this order when neither the config nor the weights folder names a tokenizer: SD2.1's
+# OpenCLIP tokenizer (pad token "!", id 0), from the live mirror of SD2.1-base or the repos it
+# replaced (each id also tries its alternatives: models.hub.HUB_ALTERNATIVES). Never CLIP ViT-L's
+# tokenizer, which pads with its end-of-text token: MVDream and SD2.1 were trained on "!" padding.
+DEFAULT_TOKENIZER_REPOS = (SD21_BASE, "stabilityai/stable-diffusion-2-1")
 MAX_LENGTH = 77
-_TINY_KEY = "tiny-random-clip-v1"
+_TINY_KEY = "tiny-random-clip-v2"
 
 
 # ------------------------------------------------------------------------------------------
@@ -40,20 +43,15 @@ _TINY_KEY = "tiny-random-clip-v1"
 
 
 def _byte_symbols() -> List[str]:
-    """GPT-2/CLIP byte-level BPE alphabet: one printable character per byte value."""
+    """GPT-2/CLIP byte-level BPE alphabet in CLIP's vocabulary order: the printable bytes as
+    themselves ("!" first: id 0, SD2.1's pad token), then the others as ``chr(256 + n)``."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            codes.append(b)
-        else:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
 
 
 def tiny_tokenizer() -> Any:
-    """A CLIP tokenizer built in-process (byte alphabet, no merges): no files, no hub."""
+    """A CLIP tokenizer built in-process (byte alphabet, no merges): no files, no hub; it pads
+    like SD2.1's OpenCLIP tokenizer (pad token "!", id 0)."""
     from transformers import CLIPTokenizer
 
     symbols = _byte_symbols()
@@ -92,7 +90,8 @@ def load_tokenizer(source: WeightsSource, tokenizer_name_or_path: Optional[str] 
             except (OSError, ValueError, TypeError) as exc:
                 looked_for.append(f"a tokenizer in the folder {local} ({str(exc).splitlines()[0]})")
                 continue
-        looked_for.append(f"the tokenizer/ folder of the Hugging Face repo {name!r} in the cache {hf_cache_dir()}")
+        repos = " or ".join(repr(r) for r in hub_alternatives(name))
+        looked_for.append(f"the tokenizer/ folder of the Hugging Face repo {repos} in the cache {hf_cache_dir()}")
         try:
             found = resolve_weights(name, "the CLIP tokenizer", subfolders=("tokenizer",),
                                     key="system.prompt_processor.tokenizer_name_or_path")
@@ -118,7 +117,7 @@ def _text_encoder_from_ldm(state: Dict[str, Tensor], options: Dict[str, Any]) ->
         raise MissingWeightsError(
             f"the checkpoint has no OpenCLIP text tower ('{OPEN_CLIP_PREFIX}*' keys). Point "
             f"system.prompt_processor.pretrained_model_name_or_path at weights with a text encoder "
-            f"(e.g. stabilityai/stable-diffusion-2-1-base or a folder written by --convert)."
+            f"(e.g. {SD21_BASE} or a folder written by --convert)."
         )
     return {"text_encoder": text_encoder_from_open_clip({k: v.float() for k, v in text_sd.items()})}
 
@@ -173,7 +172,7 @@ class StableDiffusionPromptProcessor(BaseObject):
         """The text prompt."""
         negative_prompt: str = ""
         """Text for the unconditional branch of classifier-free guidance."""
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+        pretrained_model_name_or_path: str = SD21_BASE
         """Where the text encoder comes from (same forms as a guidance's weights)."""
         tokenizer_name_or_path: Optional[str] = None
         """CLIP tokenizer folder or Hugging Face id; None: the weights' tokenizer/ or SD2.1's."""
