@@ -31,6 +31,8 @@ USAGE_EXAMPLES = """examples:
   python launch.py --bench janus --suite benchmarks/janus_suite.json --configs dreamfusion-sd21.yaml,mvdream-sd21.yaml --seeds 0,1,2
                                                   (Janus benchmark report; docs/janus.md)
   python launch.py --bench lab --seeds 0,1,2      (Janus on the reference-object lab: CPU, known answer)
+  python launch.py --recipes                      (the recipes this install ships)
+  python launch.py --show-config demo.yaml [key=value ...]   (a recipe's full, resolved config)
 """
 
 # --bench NAME: (module, function, what it runs); the function takes the remaining argv.
@@ -120,13 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bench_main(argv)
     if "--convert" in argv:
         return convert_main(argv)
-    # --- recipes: --recipes | --show-config NAME [key=value ...] (threestudio_like/recipes.py) ---
     if any(a in ("--recipes", "--show-config") or a.startswith("--show-config=") for a in argv):
         from threestudio_like.config import load_config
         from threestudio_like.recipes import recipes_main
 
         return recipes_main(argv, load_config)
-    # --- end recipes ---
     args, extras = build_parser().parse_known_args(argv)
     mode = next(m for m in MODES if getattr(args, m))
     unknown_flags = [e for e in extras if e.startswith("--")]
