@@ -49,7 +49,7 @@ def _precisions() -> List[str]:
     from lightning_fabric import connector
 
     names = ("_PRECISION_INPUT_STR", "_PRECISION_INPUT_STR_ALIAS", "_PRECISION_INPUT_INT")
-    return [str(v) for n in names for v in typing.get_args(getattr(connector, n, None))]
+    return list(dict.fromkeys(str(v) for n in names for v in typing.get_args(getattr(connector, n, None))))
 
 
 def _is_int(value: Any) -> bool:
@@ -69,6 +69,7 @@ TRAINER_VALUES = {
                            "an integer number of steps >= 1, or a fraction of an epoch in (0, 1]"),
     "check_val_every_n_epoch": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
     "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu, cuda or mps"),
+    "num_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (and 1 here)"),
     "log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "accumulate_grad_batches": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 or null"),

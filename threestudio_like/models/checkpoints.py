@@ -8,6 +8,8 @@
   short allow-list :func:`lightning_safe_globals` of harmless globals Lightning may store. A file
   that is missing, truncated, not a checkpoint, or holds anything else gives one
   :class:`~threestudio_like.errors.CheckpointError` naming the file, the problem and what to do.
+* :func:`check_checkpoint_fits`: the checkpoint's tensors against the configured system (names
+  and shapes), before Lightning loads it: another config or geometry size is one such error.
 
 No path runs code from a file: a pickle's payload (``os.system`` ...) is refused, never called.
 """
