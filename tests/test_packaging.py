@@ -14,7 +14,6 @@ import sysconfig
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO_ROOT, TINY_OVERRIDES
 

@@ -56,9 +56,11 @@ class BaseObject(Updateable):
         pass
 
     cfg: Config
+    config_where: str = ""
+    """Config path named in errors when the part is built directly (``system.geometry``)."""
 
     def __init__(self, cfg: Optional[Union[dict, Any]] = None, *args: Any, **kwargs: Any) -> None:
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, self.config_where)
         self.configure(*args, **kwargs)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:
@@ -76,10 +78,11 @@ class BaseModule(nn.Module, Updateable):
         pass
 
     cfg: Config
+    config_where: str = ""
 
     def __init__(self, cfg: Optional[Union[dict, Any]] = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, self.config_where)
         # An empty buffer that follows .to(device): lets parts ask "where do I live?".
         self.register_buffer("_device_marker", torch.empty(0), persistent=False)
         self.configure(*args, **kwargs)

@@ -143,12 +143,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, extras)
         from threestudio_like.training import check_one_device
 
+        check_one_device(dict(cfg.trainer), args.gpu)  # --gpu, even where CUDA_VISIBLE_DEVICES is set
         check_one_device(dict(cfg.trainer), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         if mode not in ("train", "sample") and not cfg.resume:
             raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
+        if cfg.resume and mode != "sample":
+            check_resume(cfg)
     except ThreestudioLikeError as exc:
         return report_failure(exc, _early_status(mode))
     return run(cfg, mode, argv)
+
+
+def check_resume(cfg: Any) -> None:
+    """A ``resume=`` checkpoint must be readable and fit the configured system, checked before
+    anything (the trial's ``status.json`` included) is written."""
+    from threestudio_like import find
+    from threestudio_like.models.checkpoints import check_checkpoint_fits
+
+    check_checkpoint_fits(cfg.resume, find(cfg.system_type)(cfg.system))
 
 
 def bench_main(argv: Sequence[str]) -> int:

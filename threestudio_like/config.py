@@ -6,7 +6,7 @@
   of the part it configures (unknown keys fail at once and name the closest valid key), then every
   value: types, the allowed words of ``Literal`` fields and each config's own ``validate`` — all
   before any work — and derives the trial directory.
-* ``schedule_value`` evaluates a scheduled hyper-parameter: a number, or
+* ``schedule_value`` (from :mod:`.schedules`) evaluates a scheduled hyper-parameter: a number, or
   ``[start_step, start_value, end_value, end_step]`` (linear in between, constant outside).
 """
 from __future__ import annotations
@@ -23,8 +23,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from threestudio_like.errors import ConfigError, FieldError, did_you_mean
+from threestudio_like.errors import ConfigError, FieldError, at_least, did_you_mean, unknown_key_error
 from threestudio_like.recipes import config_dirs, find_config_file  # noqa: F401  (recipe lookup: path, ./configs/, bundled)
+from threestudio_like.resolvers import slugify  # noqa: F401  (registers the ${...} resolvers)
+from threestudio_like.schedules import schedule_value  # noqa: F401  (imported from here by the parts)
+from threestudio_like.trainer_args import check_trainer_args
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -37,49 +40,11 @@ ALIASES: Dict[str, str] = {
 
 
 # --------------------------------------------------------------------------------------------
-# schedules
-
-
-def schedule_value(value: Any, epoch: int, global_step: int) -> float:
-    """Evaluate a possibly scheduled hyper-parameter at ``global_step``.
-
-    ``value`` is a number, or ``[start_step, start_value, end_value, end_step]`` (a 3-list means
-    ``start_step = 0``). The value is ``start_value`` up to ``start_step``, ``end_value`` from
-    ``end_step`` on, and linear in between. Integer steps count global steps, float steps epochs.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    if isinstance(value, (list, tuple, ListConfig)):
-        value = list(value)
-        if len(value) == 3:
-            value = [0] + value
-        if len(value) != 4:
-            raise ConfigError(
-                f"A schedule must be [start_step, start_value, end_value, end_step], got {value}."
-            )
-        start_step, start_value, end_value, end_step = value
-        current = epoch if isinstance(end_step, float) else global_step
-        if end_step <= start_step:
-            return end_value if current >= end_step else start_value
-        frac = min(max((current - start_step) / (end_step - start_step), 0.0), 1.0)
-        return start_value + (end_value - start_value) * frac
-    raise ConfigError(f"Expected a number or a schedule list, got {value!r}.")
-
-
-# --------------------------------------------------------------------------------------------
 # structured configs with helpful errors
 
 
 def _field_names(cls: type) -> List[str]:
     return [f.name for f in dataclasses.fields(cls)]
-
-
-def unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
-    hint = did_you_mean(key.split(".")[-1], valid, cutoff=0.5, prefix=_join(where, ""))
-    return ConfigError(
-        f"Unknown config key '{_join(where, key)}'.{hint} "
-        f"Valid keys here: {', '.join(sorted(valid))}."
-    )
 
 
 def _field_types(cls: type) -> Dict[str, Any]:
@@ -168,7 +133,7 @@ def check_values(cls: type, cfg: Any, where: str = "") -> None:
     """Check the values of a resolved config: types, ``Literal`` choices and every ``validate``
     of ``cls`` and, recursively, of the parts it names (see :func:`parse_structured`)."""
     cfg = _as_mapping(cfg, where)
-    parse_structured(cls, cfg, where)
+    parse_structured(cls, _escape_strings(cfg), where)  # resolved: its "${" are literal text
     for key, part_cls, value in _parts(cls, cfg, where):
         check_values(part_cls.Config, value, _join(where, key))
 
@@ -195,7 +160,16 @@ def _value_error(cls: type, cfg: Dict[Any, Any], exc: ValidationError, where: st
         return ConfigError(f"{_join(where, key)}: '{value}' is not one of {', '.join(words)}."
                            f"{did_you_mean(str(value), words, cutoff=0.5)}")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    key = key or next((k for k in cfg if not _merges(cls, {k: cfg[k]})), "")  # OmegaConf named no key
     return ConfigError(f"{_join(where, key) if key else where or cls.__qualname__}: {first}")
+
+
+def _merges(cls: type, cfg: Dict[Any, Any]) -> bool:
+    try:
+        OmegaConf.merge(OmegaConf.structured(cls), cfg)
+        return True
+    except Exception:
+        return False
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -224,49 +198,22 @@ def parse_structured(cls: type, cfg: Optional[Union[dict, DictConfig]] = None, w
         raise _value_error(cls, _as_mapping(cfg, where), exc, where) from None
     except Exception as exc:  # other omegaconf errors
         raise ConfigError(f"Invalid value in {where or cls.__qualname__}: {exc}") from None
+    _validate(cls, merged, where)
+    return merged
+
+
+def _validate(cls: type, node: Any, where: str) -> None:
+    """Every ``validate`` along ``cls``'s MRO, then those of its dataclass-typed fields."""
     for klass in reversed(cls.__mro__):
         validate = klass.__dict__.get("validate")
         if validate is not None:
             try:
-                validate(merged)
+                validate(node)
             except FieldError as exc:
                 raise ConfigError(f"{_join(where, exc.field)} {exc.problem}.") from None
-    return merged
-
-
-# --------------------------------------------------------------------------------------------
-# resolvers
-
-
-def slugify(text: Any, max_len: int = 64) -> str:
-    """Turn a prompt into a directory-safe tag: no separators, bounded length."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._-")
-    return slug[:max_len].rstrip("._-") or "untitled"
-
-
-def _basename(path: Any) -> str:
-    """File name without folder and extension; "" for an unset (None or empty) value."""
-    if path is None or (hasattr(path, "__len__") and len(path) == 0):
-        return ""
-    return os.path.splitext(os.path.basename(str(path)))[0]
-
-
-def _register_resolvers() -> None:
-    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
-    resolvers = {
-        "slug": slugify,
-        "add": lambda a, b: a + b,
-        "sub": lambda a, b: a - b,
-        "mul": lambda a, b: a * b,
-        "div": lambda a, b: a / b,
-        "basename": _basename,
-    }
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            register(name, fn)
-
-
-_register_resolvers()
+    for name, ftype in _field_types(cls).items():
+        if dataclasses.is_dataclass(ftype) and node.get(name) is not None:
+            _validate(ftype, node[name], _join(where, name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +226,9 @@ class CheckpointConfig:
     """Save ``ckpts/last.ckpt`` every N training steps (also on Ctrl-C and at the end)."""
     keep_step_copies: bool = False
     """Also keep ``ckpts/step=<N>.ckpt`` copies of each periodic checkpoint."""
+
+    def validate(self) -> None:
+        at_least("every_n_train_steps", self.every_n_train_steps, 1)
 
 
 @dataclass
@@ -304,8 +254,8 @@ class SampleConfig:
     """Text priors: negative prompt while sampling (null: the recipe's own)."""
 
     def validate(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise FieldError("steps", f"must be >= 1, got {self.steps}")
+        if self.steps is not None:
+            at_least("steps", self.steps, 1)
 
 
 @dataclass
@@ -345,6 +295,9 @@ def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:
         key, value = arg.split("=", 1)
         key = key.lstrip("+")
         if key in ALIASES:
+            if not value.strip():
+                raise ConfigError(f"'{key}=' is empty: say what to use, e.g. {key}=" +
+                                  ('"a DSLR photo of a corgi"' if key == "prompt" else f"path/to/{key}"))
             target = ALIASES[key]
             parent = target.rsplit(".", 1)[0]
             if OmegaConf.select(raw, parent) is None:
@@ -381,7 +334,7 @@ def load_config(
 ) -> DictConfig:
     """Load, override, validate and resolve an experiment config."""
     path = find_config_file(config)
-    raw = OmegaConf.load(path)
+    raw = _read_yaml(path)
     _load_plugins(raw, path)
     overrides = _expand_aliases(cli_args, raw)
     try:
@@ -390,8 +343,10 @@ def load_config(
         raise ConfigError(f"Could not parse overrides {list(cli_args)}: {exc}") from None
     merged = OmegaConf.merge(raw, cli)
     check_keys(ExperimentConfig, merged)
-    check_trainer_args(merged.get("trainer") or {})
-    missing = sorted(OmegaConf.missing_keys(merged))  # before resolving: ${...} may use them
+    try:  # before resolving: ${...} may use them
+        missing = sorted(OmegaConf.missing_keys(merged))
+    except Exception as exc:  # a ${...} that refers to itself
+        raise ConfigError(f"Could not resolve config {path}: {_omegaconf_problem(exc)}") from None
     if missing:
         hint = "".join(
             f" Pass it as '{a}=...'." for a, t in ALIASES.items() if t in missing
@@ -400,13 +355,37 @@ def load_config(
     try:  # resolved once; text that must stay literal (prompts with "${") is escaped again after
         resolved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged), resolve=True)
     except Exception as exc:
-        raise ConfigError(f"Could not resolve config {path}: {exc}") from None
+        raise ConfigError(f"Could not resolve config {path}: {_omegaconf_problem(exc)}") from None
     check_values(ExperimentConfig, resolved)
+    check_trainer_args(resolved.get("trainer") or {})
     cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), _escape_strings(resolved))
     _derive_trial_dir(cfg)
     if make_trial_dir:
         os.makedirs(cfg.trial_dir, exist_ok=True)
     return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """A config file's mapping; a file that is not YAML, empty or not a mapping is a ConfigError."""
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors, unreadable files, duplicate keys ...
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"Config file {path} is not valid YAML ({type(exc).__name__}: {first}); "
+                          f"fix the file or start from a recipe in configs/.") from None
+    if not isinstance(raw, DictConfig) or not raw:
+        what = "empty" if raw is None or not raw else f"a YAML {type(raw).__name__.replace('Config', '').lower()}"
+        raise ConfigError(f"Config file {path} is {what}; a config is a mapping of keys like "
+                          f"data_type:, data:, system_type:, system: (see configs/demo.yaml).")
+    return raw
+
+
+def _omegaconf_problem(exc: Exception) -> str:
+    """``<key>: <first line>`` of an OmegaConf error (its message continues with internals)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    key = str(getattr(exc, "full_key", "") or "")
+    first = lines[0] if lines else type(exc).__name__
+    return f"{key}: {first}" if key else first
 
 
 def _load_plugins(raw: DictConfig, path: Path) -> None:
@@ -430,21 +409,6 @@ def _load_plugins(raw: DictConfig, path: Path) -> None:
             raise ConfigError(f"plugins: {file} failed to import: {type(exc).__name__}: {exc}") from None
         absolute.append(str(file.resolve()))
     raw.plugins = absolute
-
-
-def check_trainer_args(trainer: Any) -> None:
-    """``trainer`` keys must be arguments of Lightning's ``Trainer``."""
-    keys = list(_to_container(trainer).keys())
-    if not keys:
-        return
-    import inspect
-
-    import pytorch_lightning as pl
-
-    valid = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
-    for key in keys:
-        if key not in valid:
-            raise unknown_key_error(str(key), valid, "trainer")
 
 
 def _derive_trial_dir(cfg: DictConfig) -> None:

@@ -28,6 +28,13 @@ def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6, pref
     return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
+def unknown_key_error(key: str, valid: Sequence[str], where: str) -> "ConfigError":
+    """The error of an unknown config key ``<where>.<key>``: the closest valid key and all of them."""
+    prefix = f"{where}." if where else ""
+    hint = did_you_mean(key.split(".")[-1], valid, cutoff=0.5, prefix=prefix)
+    return ConfigError(f"Unknown config key '{prefix}{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}.")
+
+
 class ThreestudioLikeError(Exception):
     """Base of every error shown to the user as ``error: <message>``."""
 
@@ -60,6 +67,34 @@ class FieldError(ConfigError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field} {problem}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def at_least(field: str, value: object, low: float, integer: bool = True) -> None:
+    """:class:`FieldError` unless ``value`` is a number (an integer where ``integer``) >= ``low``."""
+    if not _number(value) or (integer and value != int(value)) or value < low:  # type: ignore[operator]
+        raise FieldError(field, f"must be >= {low}{' (an integer)' if integer else ''}, got {value!r}")
+
+
+def in_range(field: str, value: object, low: float, high: float, pair: bool = False, open_low: bool = False) -> None:
+    """:class:`FieldError` unless ``value`` is a number in ``[low, high]`` (``(low, high]`` with
+    ``open_low``) or, with ``pair``, a ``[min, max]`` pair of such numbers with ``min <= max``."""
+    iterable = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+    values = list(value) if pair and iterable else [value]  # type: ignore[call-overload]
+    lower = f"{low} {'<' if open_low else '<='} "
+    upper = "" if high == float("inf") else f" <= {high}"
+    shape = f"[min, max] with {lower}min <= max{upper}" if pair else f"a number with {lower}x{upper}"
+    fits = [_number(v) and (low < v if open_low else low <= v) and v <= high for v in values]
+    if (pair and len(values) != 2) or not all(fits) or (pair and values[0] > values[1]):
+        raise FieldError(field, f"must be {shape}, got {_plain(value)!r}")
+
+
+def _plain(value: object) -> object:
+    """Lists for list-like config nodes (ListConfig), so messages show ``[0, 0]``."""
+    return list(value) if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)) else value  # type: ignore[call-overload]
 
 
 class ImageLoadError(ConfigError):

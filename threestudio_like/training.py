@@ -1,6 +1,7 @@
 """Running one experiment with Lightning: the trainer, its loggers and the backends in use.
 
-* **One device per run.** A run trains on one GPU (or the CPU). Data-parallel training would
+* **One device per run** (checked in :mod:`.trainer_args`, with the other ``trainer.*`` values,
+  when the config is loaded). A run trains on one GPU (or the CPU). Data-parallel training would
   need every rank to agree on the trial folder, write checkpoints, turntables and meshes once and
   draw different cameras; instead, several GPUs serve a queue of runs, one job per GPU
   (``--batch jobs.yaml --gpus 0,1``), which needs no synchronisation at all.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -26,37 +26,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from threestudio_like.errors import ConfigError
-
-BATCH_HINT = ("one run trains on one device; to use several GPUs run a queue with one job per GPU: "
-              "python launch.py --batch jobs.yaml --gpus 0,1 (see docs/batch.md)")
-
-
-def _count_devices(devices: Any) -> Optional[int]:
-    """How many devices a ``devices`` setting asks for (None: all there are)."""
-    if isinstance(devices, Sequence) and not isinstance(devices, str):  # lists, ListConfig
-        return len(devices)
-    if isinstance(devices, str):
-        if devices.strip() in ("-1", "auto"):
-            return None
-        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
-    return None if devices == -1 else int(devices)
-
-
-def check_one_device(trainer: Dict[str, Any], gpu_ids: str = "") -> None:
-    """Refuse a run over several devices or nodes (``--gpu 0,1``, ``trainer.devices=2`` ...)."""
-    ids = [g for g in str(gpu_ids or "").split(",") if g.strip()]
-    if len(ids) > 1:
-        raise ConfigError(f"--gpu {gpu_ids}: {BATCH_HINT}.")
-    devices = trainer.get("devices", 1)
-    try:
-        count = _count_devices(devices)
-    except (TypeError, ValueError):
-        raise ConfigError(f"trainer.devices={devices!r}: expected a device count like 1.") from None
-    if count is None or count > 1:
-        raise ConfigError(f"trainer.devices={devices}: {BATCH_HINT}.")
-    if int(trainer.get("num_nodes", 1) or 1) > 1:
-        raise ConfigError(f"trainer.num_nodes={trainer['num_nodes']}: {BATCH_HINT}.")
-
+from threestudio_like.trainer_args import BATCH_HINT, check_one_device  # noqa: F401  (re-exported)
 
 def trainer_arguments(trainer: Dict[str, Any], use_gpu: bool, callbacks: List[Any], loggers: List[Any]) -> Dict[str, Any]:
     """``pl.Trainer`` arguments: our defaults, then the config's ``trainer.*`` values."""

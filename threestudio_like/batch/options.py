@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``--batch`` command line."""
     parser = argparse.ArgumentParser(
         prog="launch.py",
+        allow_abbrev=False,  # --gpu is not --gpus: a misspelt option is refused, never guessed
         description="Run a queue of jobs (prompts/images) overnight; resume by re-running the same command. "
                     "Extra key=value arguments override the config of every job. See docs/batch.md.",
     )

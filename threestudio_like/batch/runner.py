@@ -54,7 +54,7 @@ from threestudio_like.batch.options import build_parser, print_check
 from threestudio_like.batch.outcome import AttemptResult, attempt_status, classify, oom_overrides, retry_delay
 from threestudio_like.batch.progress import ProgressView, status_progress
 from threestudio_like.batch.state import BatchLock, BatchState, new_job_record, now
-from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable
+from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable, did_you_mean
 from threestudio_like.run_status import ENV_RUN_ID, ENV_STATUS_FILE, STATUS_FILE
 from threestudio_like.utils.files import atomic_write_text
 
@@ -446,7 +446,9 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
     args, extras = build_parser().parse_known_args(argv)
     unknown = [e for e in extras if e.startswith("-") or "=" not in e]
     if unknown:
-        print(f"error: unknown argument(s) {unknown}; config overrides are key=value.", file=sys.stderr)
+        options = [o for a in build_parser()._actions for o in a.option_strings]
+        hint = did_you_mean(unknown[0].split("=")[0], options)
+        print(f"error: unknown argument(s) {unknown}; config overrides are key=value.{hint}", file=sys.stderr)
         return 2
     if not args.verbose:
         import warnings

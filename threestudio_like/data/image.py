@@ -20,6 +20,7 @@ The image and reference helpers that other modules and tests use are re-exported
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -53,7 +54,7 @@ from threestudio_like.data.references import (
     reference_views_from_config,
     spherical_from_position,
 )
-from threestudio_like.errors import ConfigError, ImageLoadError
+from threestudio_like.errors import ConfigError, FieldError, ImageLoadError, at_least, in_range
 
 __all__ = [
     "SingleImageConfig",
@@ -109,6 +110,20 @@ class SingleImageConfig:
     """Add a batch of random training cameras under batch["random_camera"]."""
     random_camera: RandomCameraConfig = field(default_factory=RandomCameraConfig)
     """Random training views and the validation/test orbit (a random-camera-datamodule config)."""
+
+    def validate(self) -> None:
+        for name in ("image_path", "mask_path"):
+            path = str(getattr(self, name) or "")
+            if path.strip() and not os.path.isfile(os.path.expanduser(path)):
+                what = "is a folder, not an image file" if os.path.isdir(path) else "not found (no such file)"
+                raise FieldError(name, f"{path!r} {what}")
+        for name, value in (("height", self.height), ("width", self.width)):
+            for size in _as_list(value):
+                at_least(name, size, 1)
+        at_least("condition_size", self.condition_size, 1)
+        in_range("object_fraction", self.object_fraction, 0, 1, open_low=True)
+        in_range("default_fovy_deg", self.default_fovy_deg, 0, 180, open_low=True)
+        in_range("default_camera_distance", self.default_camera_distance, 0, float("inf"), open_low=True)
 
 
 class SingleImageIterableDataset(IterableDataset, Updateable):

@@ -31,7 +31,8 @@ from threestudio_like.cameras import (
     ray_directions,
     spherical_to_position,
 )
-from threestudio_like.config import ConfigError, parse_structured
+from threestudio_like.config import parse_structured
+from threestudio_like.errors import FieldError, at_least, in_range
 
 
 @dataclass
@@ -68,9 +69,36 @@ class RandomCameraConfig:
     eval_relative_radius: bool = False
     """Apply ``relative_radius`` to the evaluation distance too."""
 
+    def validate(self) -> None:
+        sizes = {k: _as_list(getattr(self, k)) for k in ("height", "width", "batch_size")}
+        for name, values in sizes.items():
+            for value in values:
+                at_least(name, value, 1)
+        n = len(sizes["height"])
+        if not (len(sizes["width"]) == n and len(sizes["batch_size"]) in (1, n)):
+            raise FieldError("height", "data.width (and a list batch_size) must have the same length")
+        if len(self.resolution_milestones) != n - 1:
+            raise FieldError("resolution_milestones", f"needs {n - 1} step(s) for {n} resolutions, "
+                                                      f"got {list(self.resolution_milestones)}")
+        if list(self.resolution_milestones) != sorted(set(self.resolution_milestones)) or min(self.resolution_milestones, default=1) < 1:
+            raise FieldError("resolution_milestones", f"must be increasing steps >= 1, got {list(self.resolution_milestones)}")
+        at_least("n_view", self.n_view, 1)
+        for b in sizes["batch_size"]:
+            if b % self.n_view != 0:
+                raise FieldError("batch_size", f"must be a multiple of data.n_view={self.n_view}, got {b}")
+        for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
+            at_least(name, getattr(self, name), 1)
+        in_range("elevation_range", self.elevation_range, -90, 90, pair=True)
+        in_range("azimuth_range", self.azimuth_range, -360, 360, pair=True)
+        for name in ("camera_distance_range", "light_distance_range"):
+            in_range(name, getattr(self, name), 0, float("inf"), pair=True, open_low=True)
+        in_range("fovy_range", self.fovy_range, 0, 180, pair=True, open_low=True)
+        in_range("eval_fovy_deg", self.eval_fovy_deg, 0, 180, open_low=True)
+        in_range("eval_camera_distance", self.eval_camera_distance, 0, float("inf"), open_low=True)
+
 
 def _as_list(value: Any) -> list:
-    return [value] if isinstance(value, (int, float, str)) else list(value)
+    return list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
 
 
 def make_batch(
@@ -124,19 +152,8 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         self.heights = [int(h) for h in _as_list(cfg.height)]
         self.widths = [int(w) for w in _as_list(cfg.width)]
         self.batch_sizes = [int(b) for b in _as_list(cfg.batch_size)]
-        n = len(self.heights)
-        if not (len(self.widths) == n and len(self.batch_sizes) in (1, n)):
-            raise ConfigError("data.height, data.width (and a list batch_size) must have the same length.")
         if len(self.batch_sizes) == 1:
-            self.batch_sizes = self.batch_sizes * n
-        if len(cfg.resolution_milestones) != n - 1:
-            raise ConfigError(
-                f"data.resolution_milestones needs {n - 1} step(s) for {n} resolutions, "
-                f"got {list(cfg.resolution_milestones)}."
-            )
-        for b in self.batch_sizes:
-            if b % cfg.n_view != 0:
-                raise ConfigError(f"data.batch_size={b} is not a multiple of data.n_view={cfg.n_view}.")
+            self.batch_sizes = self.batch_sizes * len(self.heights)
         self.level = 0
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:

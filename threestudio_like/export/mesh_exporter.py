@@ -15,6 +15,7 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseObject
+from threestudio_like.errors import at_least
 
 MeshFormat = Literal["obj", "glb", "ply"]
 
@@ -31,6 +32,11 @@ class MeshExporter(BaseObject):
         isosurface_threshold: Optional[float] = None
         """Density level of the surface; None: the geometry's own setting."""
         color_chunk: int = 262144
+
+        def validate(self) -> None:
+            if self.isosurface_resolution is not None:
+                at_least("isosurface_resolution", self.isosurface_resolution, 2)
+            at_least("color_chunk", self.color_chunk, 1)
 
     cfg: Config
 

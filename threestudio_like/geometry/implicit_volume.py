@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from threestudio_like import register
 from threestudio_like.base import BaseModule
-from threestudio_like.errors import ConfigError, did_you_mean
+from threestudio_like.errors import ConfigError, FieldError, at_least, did_you_mean, in_range
 from threestudio_like.geometry.hashgrid import HASHGRID_DEFAULTS, get_encoding
 from threestudio_like.geometry.isosurface import marching_cubes
 from threestudio_like.geometry.networks import get_activation, get_mlp
@@ -78,9 +78,18 @@ class HashGridImplicitVolume(BaseModule):
         isosurface_threshold: Any = 25.0
         """Density level of the exported surface, or "auto" (mean density above 1e-5, threestudio)."""
         isosurface_chunk: int = 262144
+
+        def validate(self) -> None:
+            threshold = self.isosurface_threshold
+            if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)) and threshold != "auto":
+                raise FieldError("isosurface_threshold", f"must be a number or 'auto', got {threshold!r}")
+            at_least("isosurface_resolution", self.isosurface_resolution, 2)
+            at_least("isosurface_chunk", self.isosurface_chunk, 1)
+            in_range("radius", self.radius, 0, float("inf"), open_low=True)
         """Points per field evaluation during mesh extraction."""
 
     cfg: Config
+    config_where = _WHERE
 
     def configure(self) -> None:
         cfg = self.cfg
@@ -103,19 +112,6 @@ class HashGridImplicitVolume(BaseModule):
                 f"{_WHERE}.density_bias must be 'blob_magic3d', 'blob_dreamfusion' or a number, got "
                 f"{bias!r}.{did_you_mean(str(bias), ('blob_magic3d', 'blob_dreamfusion'))}"
             )
-        if not (
-            isinstance(cfg.isosurface_threshold, (int, float)) or cfg.isosurface_threshold == "auto"
-        ):
-            raise ConfigError(
-                f"{_WHERE}.isosurface_threshold must be a number or 'auto', got "
-                f"{cfg.isosurface_threshold!r}."
-            )
-        if cfg.isosurface_resolution < 2:
-            raise ConfigError(
-                f"{_WHERE}.isosurface_resolution must be >= 2, got {cfg.isosurface_resolution}."
-            )
-        if cfg.radius <= 0:
-            raise ConfigError(f"{_WHERE}.radius must be positive, got {cfg.radius}.")
         self.encoding = get_encoding(3, cfg.pos_encoding_config, f"{_WHERE}.pos_encoding_config")
         mlp_where = f"{_WHERE}.mlp_network_config"
         self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config, mlp_where)

@@ -127,6 +127,10 @@ def get_mlp(
             f"{did_you_mean(str(otype), _MLP_OTYPES)} Expected 'VanillaMLP' (or 'FullyFusedMLP' / "
             "'CutlassMLP', which run as the same torch MLP)."
         )
+    for key, low in (("n_neurons", 1), ("n_hidden_layers", 0)):
+        value = cfg.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"MLP {key_path(where, key)} must be an integer >= {low}, got {value!r}.")
     output_activation = cfg.get("output_activation", None)
     if isinstance(output_activation, str) and output_activation.lower() == "none":
         output_activation = None

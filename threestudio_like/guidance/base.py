@@ -25,7 +25,7 @@ from torch import Tensor
 from threestudio_like.base import BaseObject
 from threestudio_like.cameras import Cameras
 from threestudio_like.config import schedule_value
-from threestudio_like.errors import ConfigError, FieldError
+from threestudio_like.errors import ConfigError, FieldError, in_range
 from threestudio_like.guidance import distillation as D
 
 UpdateRule = Literal["sds", "x0", "sjc"]
@@ -79,6 +79,18 @@ class BaseGuidance(BaseObject):
                 raise FieldError("recon_std_rescale", f"must be in [0, 1], got {self.recon_std_rescale}")
             if self.num_train_timesteps < 2:
                 raise FieldError("num_train_timesteps", f"must be >= 2, got {self.num_train_timesteps}")
+            ends = {}
+            for name in ("min_step_percent", "max_step_percent"):
+                try:  # at the first step and long after the end of a schedule
+                    ends[name] = [schedule_value(getattr(self, name), 0, step) for step in (0, 10**9)]
+                except (ConfigError, TypeError):
+                    raise FieldError(name, "must be a number or [start_step, start, end, end_step], "
+                                           f"got {getattr(self, name)!r}") from None
+                for value in ends[name]:
+                    in_range(name, value, 0, 1)
+            if any(lo > hi for lo, hi in zip(ends["min_step_percent"], ends["max_step_percent"])):
+                raise FieldError("min_step_percent", f"must not exceed max_step_percent, got "
+                                                     f"{ends['min_step_percent']} > {ends['max_step_percent']}")
 
     cfg: Config
     condition_type: ClassVar[Optional[type]] = None

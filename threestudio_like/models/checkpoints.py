@@ -8,6 +8,8 @@
   short allow-list :func:`lightning_safe_globals` of harmless globals Lightning may store. A file
   that is missing, truncated, not a checkpoint, or holds anything else gives one
   :class:`~threestudio_like.errors.CheckpointError` naming the file, the problem and what to do.
+* :func:`check_checkpoint_fits`: the checkpoint's tensors against the configured system (names
+  and shapes), before Lightning loads it: another config or geometry size is one such error.
 
 No path runs code from a file: a pickle's payload (``os.system`` ...) is refused, never called.
 """
@@ -18,7 +20,7 @@ import contextlib
 import os
 import pathlib
 import pickle
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -46,10 +48,13 @@ def _tensors_of(obj, path: str) -> Dict[str, torch.Tensor]:
 
 def _refusal_reason(exc: BaseException) -> str:
     """The line of torch's weights-only refusal that names the cause."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WeightsUnpickler error:"):
-            return line[len("WeightsUnpickler error:"):].split(". Please use")[0].strip()
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the cause may follow on the next lines
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        reason = " ".join(reason.split(". Please use")[0].split()).rstrip(".")
+        if reason:
+            return reason
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
 
@@ -139,6 +144,9 @@ def read_training_checkpoint(path: str) -> Dict[str, Any]:
         with lightning_safe_globals():
             ckpt = _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if _refusal_reason(exc).startswith("Unsupported operand"):  # junk bytes, not a payload
+            raise CheckpointError(f"{what}: not a readable checkpoint (not a torch file: "
+                                  f"{_refusal_reason(exc)}); {fix}.") from None
         raise CheckpointError(
             f"{what}: refused to load: the file holds Python objects that are not plain data "
             f"({_refusal_reason(exc)}); nothing in it was run. Use a checkpoint written by this program."
@@ -150,6 +158,28 @@ def read_training_checkpoint(path: str) -> Dict[str, Any]:
         got = "a plain state dict" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
         raise CheckpointError(f"{what}: {got}, not a training checkpoint (no state_dict and global_step); {fix}.")
     return ckpt
+
+
+def check_checkpoint_fits(path: str, model: torch.nn.Module, skip: Tuple[str, ...] = ("guidance.", "_guidance.")) -> None:
+    """Refuse, before Lightning loads it, a training checkpoint whose tensors do not fit ``model``
+    (written by another config or geometry size): one :class:`CheckpointError` naming the file,
+    a few differing tensors with their shapes and the config to use instead."""
+    saved = {k: v for k, v in read_training_checkpoint(path)["state_dict"].items() if not k.startswith(skip)}
+    wanted = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    shape = lambda t: tuple(getattr(t, "shape", ()))  # noqa: E731
+    problems = [f"{k}: checkpoint {shape(saved[k])}, this config {shape(v)}"
+                for k, v in wanted.items() if k in saved and shape(saved[k]) != shape(v)]
+    problems += [f"{k}: missing from the checkpoint" for k in wanted if k not in saved]
+    problems += [f"{k}: not in this config" for k in saved if k not in wanted]
+    if not problems:
+        return
+    parsed = pathlib.Path(path).resolve().parent.parent / "configs" / "parsed.yaml"
+    config = f"--config {parsed}" if parsed.is_file() else "the config of the run that wrote it"
+    raise CheckpointError(
+        f"resume={path}: the checkpoint was written by another config or geometry size; "
+        f"{len(problems)} tensor(s) do not fit, e.g. {'; '.join(problems[:3])}. "
+        f"Use the parsed.yaml of the run that wrote it ({config}) and no overrides that change the model."
+    )
 
 
 def checkpoint_step(path: str) -> Optional[int]:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseObject
-from threestudio_like.errors import MissingWeightsError
+from threestudio_like.errors import FieldError, MissingWeightsError
 from threestudio_like.models.builders import text_encoder_from_open_clip, tiny_text_encoder
 from threestudio_like.models.hub import (SD21_BASE, TINY_RANDOM, WeightsSource, has_component, hf_cache_dir,
                                          hub_alternatives, missing_weights_error, resolve_weights)
@@ -180,6 +180,10 @@ class StableDiffusionPromptProcessor(BaseObject):
         """Read/write embeddings in cache_dir, keyed by text encoder, tokenizer and prompt."""
         cache_dir: str = ".threestudio_like_cache/text_embeddings"
         """Folder of cached embeddings (relative to the working directory)."""
+
+        def validate(self) -> None:
+            if not str(self.prompt or "").strip():
+                raise FieldError("prompt", 'is empty: say what to make, e.g. prompt="a DSLR photo of a corgi"')
 
     cfg: Config
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseModule
+from threestudio_like.errors import at_least, in_range
 from threestudio_like.renderers import occupancy
 
 # Per-ray outputs of _render_flat (concatenated over evaluation chunks); the rest is per sample.
@@ -95,6 +96,11 @@ class NeRFVolumeRenderer(BaseModule):
         return_normal_perturb: bool = False
         """Training: output normals at points jittered by N(0, 0.01) (``normal_perturb``)."""
         backend: Literal["auto", "nerfacc", "torch"] = "auto"
+
+        def validate(self) -> None:
+            for name in ("num_samples_per_ray", "eval_chunk_size", "occ_grid_resolution", "occ_update_every_n"):
+                at_least(name, getattr(self, name), 1)
+            in_range("radius", self.radius, 0, float("inf"), open_low=True)
         """Ray marcher: auto (nerfacc kernels on CUDA when they load, else torch) | nerfacc | torch."""
 
     cfg: Config

@@ -22,7 +22,7 @@ from threestudio_like import find
 from threestudio_like.base import Updateable
 from threestudio_like.cameras import Cameras
 from threestudio_like.config import ConfigError, parse_structured, schedule_value
-from threestudio_like.errors import NonFiniteLossError
+from threestudio_like.errors import FieldError, NonFiniteLossError, at_least, did_you_mean, in_range
 from threestudio_like.run_status import RunStatus
 from threestudio_like.utils import saving
 
@@ -39,6 +39,21 @@ class OptimizerConfig:
     params: dict = field(default_factory=dict)
     """Per-part settings by attribute path, e.g. {geometry.encoding: {lr: 0.01}}; parts not
     listed are frozen. Empty: every trainable parameter with ``args``."""
+
+    def validate(self) -> None:
+        if not isinstance(getattr(torch.optim, str(self.name), None), type):
+            names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type) and n[0].isupper()]
+            raise FieldError("name", f"must be a torch.optim optimiser, got {self.name!r}."
+                                     f"{did_you_mean(str(self.name), names)[:-1] or ' E.g. Adam'}")
+        groups = {"args": self.args, **{f"params.{k}": v for k, v in self.params.items()}}
+        for where, args in groups.items():
+            for key in ("lr", "eps", "weight_decay", "momentum"):
+                if key in (args or {}):
+                    at_least(f"{where}.{key}", args[key], 0, integer=False)
+            if (args or {}).get("lr") == 0:
+                raise FieldError(f"{where}.lr", "must be > 0, got 0")
+            if "betas" in (args or {}):
+                in_range(f"{where}.betas", args["betas"], 0, 1, pair=True)  # (beta1, beta2), beta1 <= beta2
 
 
 class BaseLift3DSystem(pl.LightningModule, Updateable):
@@ -66,6 +81,17 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         """Turntable outputs written by --test: mp4 and/or gif."""
         test_fps: int = 30
 
+        def validate(self) -> None:
+            at_least("test_fps", self.test_fps, 1)
+            for key, weight in self.loss.items():
+                if not key.startswith("lambda_"):
+                    raise FieldError(f"loss.{key}", "is not a loss weight: they are named lambda_<loss>, e.g. lambda_sds")
+                try:
+                    schedule_value(weight, 0, 0)
+                except (ConfigError, TypeError):
+                    raise FieldError(f"loss.{key}", f"must be a number or [start_step, start, end, end_step], "
+                                                    f"got {weight!r}") from None
+
     cfg: Config
 
     def __init__(self, cfg: Any = None) -> None:
@@ -89,7 +115,6 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
         self.exporter = find(cfg.exporter_type)(cfg.exporter) if cfg.exporter_type else None
-        self._check_loss_weights()
         # the frozen prior is built on first use, but its config is checked now, before any work
         for part in ("guidance", "prompt_processor"):
             part_type = getattr(cfg, f"{part}_type")
@@ -115,13 +140,6 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         if self._condition is None and self.cfg.prompt_processor_type:
             self._condition = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)()
         return self._condition
-
-    def _check_loss_weights(self) -> None:
-        for key in self.cfg.loss:
-            if not key.startswith("lambda_"):
-                raise ConfigError(
-                    f"system.loss.{key}: loss weights are named lambda_<loss>, e.g. lambda_sds."
-                )
 
     def set_save_dir(self, path: str) -> None:
         self.save_dir = path
