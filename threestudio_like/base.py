@@ -48,8 +48,8 @@ class Updateable:
                 yield value
 
 
-class BaseObject(Updateable):
-    """A configurable, non-module part (guidance, exporter, prompt processor)."""
+class Configurable(Updateable):
+    """A part with a nested ``Config`` dataclass, checked and built from a dict or DictConfig."""
 
     @dataclass
     class Config:
@@ -59,30 +59,30 @@ class BaseObject(Updateable):
     config_where: str = ""
     """Config path named in errors when the part is built directly (``system.geometry``)."""
 
-    def __init__(self, cfg: Optional[Union[dict, Any]] = None, *args: Any, **kwargs: Any) -> None:
+    def parse_config(self, cfg: Optional[Union[dict, Any]]) -> None:
         self.cfg = parse_structured(self.Config, cfg, self.config_where)
-        self.configure(*args, **kwargs)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:
-        """Build the object from ``self.cfg``."""
+        """Build the part from ``self.cfg``."""
+
+
+class BaseObject(Configurable):
+    """A configurable, non-module part (guidance, exporter, prompt processor)."""
+
+    def __init__(self, cfg: Optional[Union[dict, Any]] = None, *args: Any, **kwargs: Any) -> None:
+        self.parse_config(cfg)
+        self.configure(*args, **kwargs)
 
     def C(self, value: Any, epoch: int = 0) -> float:
         return schedule_value(value, epoch, getattr(self, "global_step", 0))
 
 
-class BaseModule(nn.Module, Updateable):
+class BaseModule(nn.Module, Configurable):
     """A configurable ``nn.Module`` part (geometry, material, background, renderer)."""
-
-    @dataclass
-    class Config:
-        pass
-
-    cfg: Config
-    config_where: str = ""
 
     def __init__(self, cfg: Optional[Union[dict, Any]] = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, self.config_where)
+        self.parse_config(cfg)
         # An empty buffer that follows .to(device): lets parts ask "where do I live?".
         self.register_buffer("_device_marker", torch.empty(0), persistent=False)
         self.configure(*args, **kwargs)
@@ -90,6 +90,3 @@ class BaseModule(nn.Module, Updateable):
     @property
     def device(self) -> torch.device:
         return self._device_marker.device
-
-    def configure(self, *args: Any, **kwargs: Any) -> None:
-        """Build the module from ``self.cfg``."""
