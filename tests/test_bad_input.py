@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Union
@@ -20,13 +21,34 @@ from typing import Callable, Dict, List, Union
 import pytest
 import torch
 
-from conftest import SHARED_DATA, TINY_OVERRIDES
+from conftest import TINY_OVERRIDES
 from threestudio_like.cli import main
 
 TRAIN = ["--config", "demo.yaml", "--train"]
 # The bad override comes after the tiny ones (the last value wins): a case the product accepted
 # by mistake trains for seconds, not minutes, and fails its test.
-IMAGE = os.path.join(SHARED_DATA, "images", "teddy_rgba.png")
+
+
+def _input_image() -> str:
+    """A valid 64x64 RGBA input (a noisy disc on transparency, a few kB), written once per machine."""
+    import numpy as np
+    from PIL import Image
+
+    path = os.path.join(tempfile.gettempdir(), "threestudio_like_tests", "disc_rgba.png")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[:64, :64]
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[..., :3] = rng.integers(0, 256, (64, 64, 3))
+        rgba[..., 3] = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 24 ** 2, 255, 0)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        Image.fromarray(rgba, "RGBA").save(tmp, format="PNG")
+        os.replace(tmp, path)
+    return path
+
+
+IMAGE = _input_image()
 
 
 # ------------------------------------------------------------------------------------------

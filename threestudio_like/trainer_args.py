@@ -43,13 +43,18 @@ def check_one_device(trainer: Dict[str, Any], gpu_ids: str = "") -> None:
 
 
 def _precisions() -> List[str]:
-    """Every ``precision`` Lightning accepts, as text."""
+    """Every ``precision`` Lightning accepts, as text (read off its ``_PRECISION_INPUT`` type)."""
     import typing
 
-    from lightning_fabric import connector
+    from pytorch_lightning.trainer.connectors import accelerator_connector
 
-    names = ("_PRECISION_INPUT_STR", "_PRECISION_INPUT_STR_ALIAS", "_PRECISION_INPUT_INT")
-    return list(dict.fromkeys(str(v) for n in names for v in typing.get_args(getattr(connector, n, None))))
+    def values(tp: Any) -> List[Any]:
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is typing.Literal:
+            return list(args)
+        return [v for arg in args for v in values(arg)]
+
+    return list(dict.fromkeys(str(v) for v in values(getattr(accelerator_connector, "_PRECISION_INPUT", None))))
 
 
 def _is_int(value: Any) -> bool:
