@@ -247,14 +247,12 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
 
     from threestudio_like import find
     from threestudio_like.config import dump_parsed
-    from threestudio_like.models.checkpoints import lightning_safe_globals, read_training_checkpoint
+    from threestudio_like.models.checkpoints import lightning_safe_globals
     from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress, TrialRecord
     from threestudio_like.training import active_backends, run_loggers, trainer_arguments
 
     trial = cfg.trial_dir
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    if cfg.resume:
-        read_training_checkpoint(cfg.resume)  # refuses unsafe or damaged files before anything runs
     dm = find(cfg.data_type)(cfg.data)
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(os.path.join(trial, "save"))
