@@ -52,6 +52,12 @@ def test_unknown_bench_lists_the_available_ones(capsys):
     assert "needs a benchmark name" in capsys.readouterr().err
 
 
+def test_batch_help_shows_the_queue_options(capsys):
+    assert cli.main(["--batch", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--gpus" in out and "--retry-failed" in out and "--workers" in out
+
+
 def test_sample_help_mentions_image_conditioned_recipes():
     text = " ".join(cli.build_parser().format_help().split())
     assert "prompt= or image=" in text and "--bench janus" in text

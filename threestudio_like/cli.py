@@ -115,6 +115,11 @@ def _early_status(mode: str) -> Optional[RunStatus]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--batch" or a.startswith("--batch=") for a in argv):
+        if "-h" in argv or "--help" in argv:  # "--batch --help": the queue's own options
+            from threestudio_like.batch.options import build_parser as batch_parser
+
+            batch_parser().print_help()
+            return 0
         from threestudio_like.batch.runner import main as batch_main
 
         return batch_main(argv)
