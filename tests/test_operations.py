@@ -220,3 +220,28 @@ def test_batch_refuses_zero_workers(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as exit_info:
         main(["--batch", str(jobs), "--config", "demo.yaml", *flags])
     assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_export_from_a_trial_needs_no_repeated_inputs(tmp_path, capsys):
+    """``--export resume=<trial>/ckpts/last.ckpt --config <recipe>`` starts from the trial's own
+    config: the recipe's required image need not be passed again."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (200, 120, 60, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cube.png")
+    tiny = ["data.height=8", "data.width=8", "data.random_camera.height=8", "data.random_camera.width=8",
+            "data.random_camera.eval_height=8", "data.random_camera.eval_width=8", "data.random_camera.n_val_views=1",
+            "data.random_camera.n_test_views=2", "system.guidance.resolution=8", "system.renderer.num_samples_per_ray=16",
+            "system.guidance.num_samples_per_ray=16", "system.geometry.isosurface_resolution=16",
+            "system.geometry.isosurface_threshold=auto", "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "checkpoint.every_n_train_steps=2", "system.test_fps=4"]
+    assert main(["--config", "demo-sjc.yaml", "--train", f"image={tmp_path / 'cube.png'}",
+                 f"exp_root_dir={tmp_path / 'out'}", *tiny]) == 0
+    (trial,) = glob.glob(str(tmp_path / "out" / "demo-sjc" / "*"))
+    os.remove(os.path.join(trial, "save", "it2-export", "model.ply"))
+    capsys.readouterr()
+    assert main(["--config", "demo-sjc.yaml", "--export", f"resume={trial}/ckpts/last.ckpt"]) == 0
+    assert "starting from its own config" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(trial, "save", "it2-export", "model.ply"))

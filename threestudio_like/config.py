@@ -333,7 +333,7 @@ def load_config(
     make_trial_dir: bool = False,
 ) -> DictConfig:
     """Load, override, validate and resolve an experiment config."""
-    path = find_config_file(config)
+    path = _run_config(find_config_file(config), cli_args)
     raw = _read_yaml(path)
     _load_plugins(raw, path)
     overrides = _expand_aliases(cli_args, raw)
@@ -363,6 +363,20 @@ def load_config(
     if make_trial_dir:
         os.makedirs(cfg.trial_dir, exist_ok=True)
     return cfg
+
+
+def _run_config(path: Path, cli_args: Sequence[str]) -> Path:
+    """The config to start from: the trial's own ``configs/parsed.yaml`` when ``resume=`` points
+    into a trial (it holds the run's prompt, image and every value), else ``path``."""
+    resume = next((a.split("=", 1)[1] for a in cli_args if a.lstrip("+").startswith("resume=")), None)
+    if not resume:
+        return path
+    parsed = Path(resume).expanduser().resolve().parent.parent / "configs" / "parsed.yaml"
+    if not parsed.is_file() or parsed == path.resolve():
+        return path
+    print(f"note: resume= points into a trial: starting from its own config {parsed} "
+          f"(not {path.name}); key=value overrides still apply.")
+    return parsed
 
 
 def _read_yaml(path: Path) -> DictConfig:
