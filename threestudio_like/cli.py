@@ -146,10 +146,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = load_config(args.config, extras)
-        from threestudio_like.training import check_one_device
+        from threestudio_like.trainer_args import check_one_device
 
-        check_one_device(dict(cfg.trainer), args.gpu)  # --gpu, even where CUDA_VISIBLE_DEVICES is set
-        check_one_device(dict(cfg.trainer), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        # trainer.* was checked as the config loaded; the GPU ids come from --gpu or the environment
+        for gpu_ids in (args.gpu, os.environ.get("CUDA_VISIBLE_DEVICES", "")):
+            check_one_device({}, gpu_ids)
         if mode not in ("train", "sample") and not cfg.resume:
             raise ConfigError("--validate/--test/--export need a trained model: pass resume=<trial>/ckpts/last.ckpt")
         if cfg.resume and mode != "sample":

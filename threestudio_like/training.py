@@ -5,7 +5,8 @@
   need every rank to agree on the trial folder, write checkpoints, turntables and meshes once and
   draw different cameras; instead, several GPUs serve a queue of runs, one job per GPU
   (``--batch jobs.yaml --gpus 0,1``), which needs no synchronisation at all.
-  :func:`check_one_device` refuses anything else before any work, with that hint.
+  :func:`~threestudio_like.trainer_args.check_one_device` refuses anything else when the config
+  loads, with that hint.
 * **Config values over our defaults.** ``trainer.*`` keys of the config override the defaults
   of :func:`trainer_arguments` (``trainer.logger=false`` turns our loggers off,
   ``trainer.enable_progress_bar=true`` adds Lightning's bar) instead of clashing with them.
@@ -26,7 +27,6 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from threestudio_like.errors import ConfigError
-from threestudio_like.trainer_args import BATCH_HINT, check_one_device  # noqa: F401  (re-exported)
 
 def trainer_arguments(trainer: Dict[str, Any], use_gpu: bool, callbacks: List[Any], loggers: List[Any]) -> Dict[str, Any]:
     """``pl.Trainer`` arguments: our defaults, then the config's ``trainer.*`` values."""
@@ -34,7 +34,6 @@ def trainer_arguments(trainer: Dict[str, Any], use_gpu: bool, callbacks: List[An
     if "callbacks" in args:
         raise ConfigError("trainer.callbacks cannot be set from a config: the run adds its own "
                           "(checkpoints, progress, status).")
-    check_one_device(args)
     if args.get("logger") is True:  # "a logger, please": ours
         del args["logger"]
     if not use_gpu and "16" in str(args.get("precision", "32")):
