@@ -40,6 +40,9 @@ setup(
         "safetensors>=0.4",
         "Pillow>=9",
         "PyYAML>=5.1",
+        # textured, cleaned mesh export (both MIT, binary wheels, no GPU)
+        "xatlas>=0.0.9",
+        "fast-simplification>=0.1.7",
     ],
     extras_require={
         "test": [
@@ -48,7 +51,10 @@ setup(
             "submitit>=1.5",
             "opencv-python-headless>=4.8,<5",
             "matplotlib>=3.7",
+            "usd-core>=23.11",
         ],
+        # USDZ export for Apple AR viewers
+        "usdz": ["usd-core>=23.11"],
         "slurm": ["submitit>=1.5"],
         # Only what installs from the package index. The fast hash grid, tiny-cuda-nn, builds from
         # its git source with nvcc (README: "GPU quick start"); without it a PyTorch one runs.
