@@ -23,6 +23,7 @@ from torch import Tensor
 
 from threestudio_like.config import parse_structured
 from threestudio_like.guidance.base import BaseGuidance
+from threestudio_like.utils.progress import Progress
 from threestudio_like.reference import modes as M
 from threestudio_like.reference.object import ReferenceObjectGeometry
 from threestudio_like.janus.measures import janus_measures
@@ -212,10 +213,12 @@ def run_lab_benchmark(seeds=(0, 1, 2), cfg: Optional[dict] = None, settings=LAB_
 
     lab = TurntableLab(cfg)
     runs, summary = [], {}
+    progress = Progress("janus lab: run", len(settings) * len(seeds))
     for label, mode, scale in settings:
         rows = []
         for seed in seeds:
             r = lab.run(mode, int(seed), scale)
+            progress.update()
             r["setting"] = label
             r["guidance_scale"] = lab.cfg.guidance_scale if scale is None else scale
             rows.append(r)
@@ -227,6 +230,7 @@ def run_lab_benchmark(seeds=(0, 1, 2), cfg: Optional[dict] = None, settings=LAB_
             "one_face": rate_summary([r["face_arcs"] == 1 for r in rows]),
             "back_front_fraction": mean_summary([r["back_front_fraction"] for r in rows]),
         }
+    progress.close()
     return {"config": dict(vars(lab.cfg)), "runs": runs, "summary": summary}
 
 

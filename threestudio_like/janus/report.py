@@ -27,6 +27,7 @@ import numpy as np
 
 from threestudio_like.config import slugify
 from threestudio_like.janus.metrics import HaarFaceDetector, aggregate, asset_metrics, try_clip
+from threestudio_like.utils.progress import Progress
 
 RATE_KEYS = ("janus_face", "janus_view", "second_peak_above_1")
 MEAN_KEYS = ("face_arcs", "second_peak_ratio", "back_as_front_rate", "clip_score")
@@ -167,10 +168,13 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
     detector = HaarFaceDetector()
     clip_model = try_clip(clip)
     assets: List[Dict[str, Any]] = []
+    progress = Progress("janus bench: run", len(configs) * len(prompts) * len(seeds))
     for config in configs:
         cname = os.path.splitext(os.path.basename(config))[0]
         for item in prompts:
             for seed in seeds:
+                progress.update(done=progress.done)  # prints the runs finished so far
+                progress.done += 1
                 rel = os.path.join("runs", cname, slugify(item["prompt"], max_len=48), f"s{seed}")
                 run_dir = os.path.join(out, rel)
                 os.makedirs(run_dir, exist_ok=True)
@@ -196,6 +200,7 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
                 with open(mpath, "w", encoding="utf-8") as f:
                     json.dump(m, f, indent=1)
                 assets.append(m)
+    progress.close()
     summary = {c: aggregate([a for a in assets if a["config"] == c])
                for c in dict.fromkeys(a["config"] for a in assets)}
     write_report(out, assets, summary)
