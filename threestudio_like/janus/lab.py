@@ -255,6 +255,7 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
     :data:`LAB_SETTINGS` over the seeds; prints the Markdown table, optionally writes JSON."""
     import argparse
     import json
+    import os
     import time
 
     from omegaconf import OmegaConf
@@ -263,7 +264,8 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
         prog=prog, description="Reference-object lab: Janus per prior mode, measured exactly "
         "(face arcs, back-half front fraction), with Wilson 95% intervals.")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default=None, help="write the full result as JSON")
+    parser.add_argument("--out", default="outputs/janus-lab/lab.json",
+                        help="where the full result goes as JSON (with lab.md beside it); '' for none")
     parser.add_argument("overrides", nargs="*",
                         help="LabConfig key=value (guidance_scale=7.5, kappa=2, steps=300, ...)")
     args = parser.parse_args(argv)
@@ -271,9 +273,19 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
     torch.set_num_threads(1)
     start = time.time()
     result = run_lab_benchmark([int(s) for s in args.seeds.split(",")], cfg)
-    print(lab_markdown(result))
+    table = lab_markdown(result)
+    print(table)
     print(f"({len(result['runs'])} runs in {time.time() - start:.1f} s)")
     if args.out:
+        from threestudio_like.janus.provenance import code_version, machine
+
+        result["provenance"] = {"seeds": args.seeds, "overrides": list(args.overrides), "code_version": code_version(),
+                                "machine": machine(), "seconds": round(time.time() - start, 1),
+                                "note": "reference-object lab: an exact known-answer prior, no diffusion weights"}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
+        with open(os.path.splitext(args.out)[0] + ".md", "w", encoding="utf-8") as f:
+            f.write(table)
+        print(f"written: {args.out} and {os.path.splitext(args.out)[0]}.md")
     return 0
