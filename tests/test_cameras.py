@@ -104,3 +104,20 @@ def test_turntable_starts_at_the_front_and_loops():
     az = ds.batch["azimuth"]
     assert az[0] == 0 and az[-1] == 315.0
     assert torch.allclose(ds.batch["camera_positions"][0], torch.tensor([1.5, 0.0, 0.0]), atol=1e-6)
+
+
+def test_turntable_size_and_extra_elevations_leave_validation_alone():
+    from threestudio_like.config import parse_structured
+    from threestudio_like.data.random_camera import RandomCameraConfig, orbit_loader
+
+    cfg = parse_structured(RandomCameraConfig, {"eval_height": 32, "eval_width": 48, "test_height": 64,
+                                                "test_width": 96, "test_elevations_deg": [45.0],
+                                                "eval_elevation_deg": 10.0})
+    val = orbit_loader(cfg, 3).dataset
+    test = orbit_loader(cfg, 4, turntable=True).dataset
+    assert (val.height, val.width, len(val)) == (32, 48, 3)
+    assert (test.height, test.width, len(test)) == (64, 96, 8)
+    assert test.batch["elevation"].tolist() == [10.0] * 4 + [45.0] * 4
+    assert test.batch["azimuth"].tolist()[:4] == test.batch["azimuth"].tolist()[4:] == [0.0, 90.0, 180.0, 270.0]
+    batch = test.collate([test[5]])
+    assert batch["rays_o"].shape[1:3] == (64, 96) and batch["height"] == 64

@@ -41,10 +41,10 @@ from threestudio_like.data.image_io import (
     resize_rgba,
 )
 from threestudio_like.data.random_camera import (
-    OrbitDataset,
     RandomCameraConfig,
     RandomCameraIterableDataset,
     _as_list,
+    orbit_loader,
 )
 from threestudio_like.data.references import (
     check_rigid_c2w,
@@ -217,18 +217,11 @@ class SingleImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset, batch_size=1, num_workers=0, collate_fn=self.train_dataset.collate)
 
-    def _eval_loader(self, n_views: int) -> DataLoader:
-        dataset = OrbitDataset(self.cfg.random_camera, n_views)
-        return DataLoader(
-            dataset, batch_size=self.cfg.random_camera.eval_batch_size, num_workers=0,
-            collate_fn=dataset.collate, shuffle=False,
-        )
-
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.cfg.random_camera.n_val_views)
+        return orbit_loader(self.cfg.random_camera, self.cfg.random_camera.n_val_views)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.cfg.random_camera.n_test_views)
+        return orbit_loader(self.cfg.random_camera, self.cfg.random_camera.n_test_views, turntable=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(1)
+        return orbit_loader(self.cfg.random_camera, 1)

@@ -68,6 +68,13 @@ class RandomCameraConfig:
     eval_fovy_deg: float = 70.0
     eval_relative_radius: bool = False
     """Apply ``relative_radius`` to the evaluation distance too."""
+    test_height: Optional[int] = None
+    """Turntable frame height; None: eval_height (validation keeps eval size, so a large
+    turntable does not slow the validations during training)."""
+    test_width: Optional[int] = None
+    """Turntable frame width; None: eval_width."""
+    test_elevations_deg: List[float] = field(default_factory=list)
+    """Extra turntable orbits after the one at eval_elevation_deg, e.g. [45] for a pass from above."""
 
     def validate(self) -> None:
         sizes = {k: _as_list(getattr(self, k)) for k in ("height", "width", "batch_size")}
@@ -88,6 +95,11 @@ class RandomCameraConfig:
                 raise FieldError("batch_size", f"must be a multiple of data.n_view={self.n_view}, got {b}")
         for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
             at_least(name, getattr(self, name), 1)
+        for name in ("test_height", "test_width"):
+            if getattr(self, name) is not None:
+                at_least(name, getattr(self, name), 1)
+        for elevation in self.test_elevations_deg:
+            in_range("test_elevations_deg", elevation, -90, 90)
         in_range("elevation_range", self.elevation_range, -90, 90, pair=True)
         in_range("azimuth_range", self.azimuth_range, -360, 360, pair=True)
         for name in ("camera_distance_range", "light_distance_range"):
@@ -221,22 +233,27 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
 
 
 class OrbitDataset(Dataset):
-    """Evaluation cameras on a circle at fixed elevation: validation views or the turntable.
+    """Evaluation cameras on circles at fixed elevations: validation views or the turntable.
 
-    The first view looks at the front (azimuth 0); views are evenly spaced and the last one
-    stops short of 360 degrees, so the turntable video loops without a repeated frame.
+    Each orbit's first view looks at the front (azimuth 0); views are evenly spaced and the last
+    one stops short of 360 degrees, so the turntable video loops without a repeated frame. Several
+    elevations give consecutive orbits (``n_views`` each) in one video.
     """
 
-    def __init__(self, cfg: Any, n_views: int) -> None:
+    def __init__(self, cfg: Any, n_views: int, height: Optional[int] = None, width: Optional[int] = None,
+                 elevations: Optional[List[float]] = None) -> None:
         self.cfg = cfg
-        self.n_views = n_views
-        azimuth = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
-        elevation = torch.full_like(azimuth, cfg.eval_elevation_deg)
+        self.height = int(height or cfg.eval_height)
+        self.width = int(width or cfg.eval_width)
+        elevations = list(elevations) if elevations else [cfg.eval_elevation_deg]
+        self.n_views = n_views * len(elevations)
+        azimuth = (torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)).repeat(len(elevations))
+        elevation = torch.tensor([float(e) for e in elevations]).repeat_interleave(n_views)
         fovy = torch.full_like(azimuth, cfg.eval_fovy_deg)
         distance = torch.full_like(azimuth, cfg.eval_camera_distance)
         if cfg.eval_relative_radius:
             distance = distance / torch.tan(deg2rad(fovy) / 2)
-        self.batch = make_batch(elevation, azimuth, distance, fovy, cfg.eval_height, cfg.eval_width)
+        self.batch = make_batch(elevation, azimuth, distance, fovy, self.height, self.width)
 
     def __len__(self) -> int:
         return self.n_views
@@ -250,10 +267,22 @@ class OrbitDataset(Dataset):
 
     def collate(self, items: list) -> Dict[str, Any]:
         out = torch.utils.data.default_collate(items)
-        out["height"] = self.cfg.eval_height
-        out["width"] = self.cfg.eval_width
+        out["height"] = self.height
+        out["width"] = self.width
         out["n_views"] = 1
         return out
+
+
+def orbit_loader(cfg: Any, n_views: int, turntable: bool = False) -> DataLoader:
+    """Evaluation cameras of a camera config: validation orbits (eval size) or, with
+    ``turntable``, the test video (test size, every elevation of ``test_elevations_deg``)."""
+    if turntable:
+        elevations = [cfg.eval_elevation_deg, *cfg.test_elevations_deg]
+        dataset = OrbitDataset(cfg, n_views, cfg.test_height, cfg.test_width, elevations)
+    else:
+        dataset = OrbitDataset(cfg, n_views)
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size, num_workers=0, collate_fn=dataset.collate,
+                      shuffle=False)
 
 
 @register("random-camera-datamodule")
@@ -273,19 +302,12 @@ class RandomCameraDataModule(pl.LightningDataModule):
             collate_fn=self.train_dataset.collate,
         )
 
-    def _eval_loader(self, n_views: int) -> DataLoader:
-        dataset = OrbitDataset(self.cfg, n_views)
-        return DataLoader(
-            dataset, batch_size=self.cfg.eval_batch_size, num_workers=0,
-            collate_fn=dataset.collate, shuffle=False,
-        )
-
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.cfg.n_val_views)
+        return orbit_loader(self.cfg, self.cfg.n_val_views)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.cfg.n_test_views)
+        return orbit_loader(self.cfg, self.cfg.n_test_views, turntable=True)
 
     def predict_dataloader(self) -> DataLoader:
         # Export needs no cameras; one item drives a single predict step.
-        return self._eval_loader(1)
+        return orbit_loader(self.cfg, 1)
