@@ -192,7 +192,10 @@ def test_normal_map_holds_the_field_normals():
 
 def test_bad_input_names_the_problem():
     verts, faces = _grid_mesh(1)
-    white = lambda p: torch.ones_like(p)  # noqa: E731
+
+    def white(p):
+        return torch.ones_like(p)
+
     with pytest.raises(ConfigError, match="faces must be integer indices"):
         bake_texture(verts, faces + 10, white, texture_size=16)
     with pytest.raises(ConfigError, match=r"vertices must have shape \[V, 3\]"):
@@ -234,7 +237,8 @@ def test_ray_caster_silhouette_and_barycentrics():
     pts = hits.points[hits.face >= 0]
     assert (pts @ c2w[:3, 3] > 0).all()
     assert (hits.bary[hits.face >= 0] >= -1e-5).all()
-    assert torch.allclose(pts, (hits.bary[hits.face >= 0][..., None] * torch.from_numpy(verts)[torch.from_numpy(faces)[ids]]).sum(1), atol=1e-5)
+    corners = torch.from_numpy(verts)[torch.from_numpy(faces)[ids]]
+    assert torch.allclose(pts, (hits.bary[hits.face >= 0][..., None] * corners).sum(1), atol=1e-5)
     # A linear colour field: vertex colours interpolated at the hits equal the field there.
     def linear(p):
         return (p * 0.4 + 0.5).clamp(0, 1)

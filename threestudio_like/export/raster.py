@@ -33,7 +33,7 @@ which average covered and uncovered texels, never blend in black.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ BARY_EPS = 1e-4
 """Tolerance of the inside test (barycentric units): pixel centres on a shared edge stay covered."""
 
 
-def bounding_boxes(xy: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def bounding_boxes(xy: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pixel-centre boxes ``(x0, y0, w, h)`` (each ``[F]`` long) of triangles ``xy`` ``[F, 3, 2]``,
     clipped to the grid; ``w`` or ``h`` is 0 for triangles that cover no pixel centre."""
     lo = torch.ceil(xy.amin(1) - BARY_EPS)
@@ -56,7 +56,7 @@ def bounding_boxes(xy: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor,
 
 def candidate_pairs(
     xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22
-) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(triangle, row, col)`` index triples, each ``[N]`` long, of every pixel centre inside
     the bounding box of each triangle of ``xy`` ``[F, 3, 2]``, in chunks of about ``max_pairs``."""
     x0, y0, w, h = bounding_boxes(xy, height, width)
@@ -81,7 +81,7 @@ def candidate_pairs(
         start_tri = stop_tri
 
 
-def barycentric_2d(tri_xy: Tensor, p: Tensor) -> Tuple[Tensor, Tensor]:
+def barycentric_2d(tri_xy: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     """Barycentric weights ``[N, 3]`` of points ``p`` ``[N, 2]`` in triangles ``tri_xy`` ``[N, 3, 2]``,
     and a ``[N]`` mask of non-degenerate triangles (weights of degenerate ones are meaningless)."""
     a, b, c = tri_xy.unbind(1)
@@ -99,7 +99,7 @@ def pixel_centres(rows: Tensor, cols: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.stack([cols, rows], dim=-1).to(dtype)
 
 
-def rasterise(xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22) -> Tuple[Tensor, Tensor]:
+def rasterise(xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """Cover an ``height x width`` grid with triangles ``xy`` ``[F, 3, 2]`` (pixel-centre coordinates).
 
     Returns ``ids`` ``[H, W]`` long (covering triangle, -1 where none) and ``bary`` ``[H, W, 3]``

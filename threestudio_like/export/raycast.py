@@ -23,8 +23,8 @@ rays per pixel and averages them (box filter), i.e. an anti-aliased image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from threestudio_like.errors import ConfigError, at_least
 from threestudio_like.export.raster import candidate_pairs
 from threestudio_like.export.texture import sample_texture
 
-ArrayLike = Union[np.ndarray, Tensor]
+ArrayLike = np.ndarray | Tensor
 HIT_EPS = 1e-6
 """Barycentric tolerance of a hit, so that rays through shared edges hit one of the triangles."""
 
@@ -65,7 +65,7 @@ def turntable_cameras(
     return c2w_from_spherical(elevation, azimuth, torch.full_like(azimuth, float(distance)))
 
 
-def _moller_trumbore(origin: Tensor, d: Tensor, tri: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _moller_trumbore(origin: Tensor, d: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(t, barycentrics [N, 3], hit mask)`` of rays ``origin + t d`` (``[3]``, ``[N, 3]``) and
     triangles ``tri`` ``[N, 3, 3]``."""
     v0, v1, v2 = tri.unbind(1)
@@ -90,15 +90,14 @@ def cast(
     fovy_deg: float = 40.0,
     size: int = 128,
     supersample: int = 1,
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
 ) -> Hits:
     """Cast one ray per sub-pixel of a ``size x size`` image (``supersample`` squared per pixel)
     from camera ``c2w`` ``[4, 4]`` and return the nearest hit of each."""
     at_least("size", size, 1)
     at_least("supersample", supersample, 1)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    verts = torch.as_tensor(np.asarray(vertices) if isinstance(vertices, np.ndarray) else vertices)
-    verts = verts.to(device, torch.float32)
+    verts = torch.as_tensor(vertices).to(device, torch.float32)
     faces_t = torch.as_tensor(faces).to(device, torch.long)
     c2w = torch.as_tensor(c2w).to(device, torch.float32).reshape(4, 4)
     n = int(size) * int(supersample)
@@ -106,10 +105,8 @@ def cast(
     rot, origin = c2w[:3, :3], c2w[:3, 3]
     cam = (verts - origin) @ rot  # camera-space coordinates (x right, y up, z back)
     depth = -cam[:, 2]
-    xy = torch.stack(
-        [cam[:, 0] / depth.clamp_min(1e-9) * focal + n / 2 - 0.5, -cam[:, 1] / depth.clamp_min(1e-9) * focal + n / 2 - 0.5],
-        -1,
-    )
+    scale = focal / depth.clamp_min(1e-9)
+    xy = torch.stack([cam[:, 0] * scale + n / 2 - 0.5, -cam[:, 1] * scale + n / 2 - 0.5], -1)
     keep = (depth[faces_t] > 1e-6).all(-1)
     kept = torch.nonzero(keep).squeeze(-1)
 
@@ -145,7 +142,7 @@ def cast(
     return Hits(face=face, bary=bary, points=points, supersample=int(supersample))
 
 
-def _interpolate(hits: Hits, faces: Tensor, attribute: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _interpolate(hits: Hits, faces: Tensor, attribute: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-vertex ``attribute`` ``[V, C]`` interpolated at the hits: ``(rows, cols, values [N, C])``."""
     rows, cols = torch.nonzero(hits.face >= 0, as_tuple=True)
     corner = attribute[faces[hits.face[rows, cols]]]  # [N, 3, C]
@@ -155,14 +152,14 @@ def _interpolate(hits: Hits, faces: Tensor, attribute: Tensor) -> Tuple[Tensor, 
 @torch.no_grad()
 def shade(
     hits: Hits,
-    faces: Optional[ArrayLike] = None,
-    uvs: Optional[ArrayLike] = None,
-    image: Optional[ArrayLike] = None,
-    vertex_colours: Optional[ArrayLike] = None,
-    colour_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    faces: ArrayLike | None = None,
+    uvs: ArrayLike | None = None,
+    image: ArrayLike | None = None,
+    vertex_colours: ArrayLike | None = None,
+    colour_fn: Callable[[Tensor], Tensor] | None = None,
     background: float = 1.0,
     chunk: int = 262144,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Colour the hits with exactly one source: a texture (``faces``, ``uvs`` ``[V, 2]`` and
     ``image`` ``[H, W, 3]``), ``vertex_colours`` ``[V, 3]`` in [0, 1] (with ``faces``) or
     ``colour_fn`` (world points -> colours). Returns ``(rgb [H, W, 3] float32 in [0, 1],
@@ -181,9 +178,10 @@ def shade(
         if faces_t is None:
             raise ConfigError("shade: a texture or vertex colours need the mesh's faces.")
         attribute = uvs if vertex_colours is None else vertex_colours
-        rows, cols, values = _interpolate(hits, faces_t, torch.as_tensor(np.asarray(attribute)).to(device, torch.float32))
+        attribute = torch.as_tensor(attribute).to(device, torch.float32)
+        rows, cols, values = _interpolate(hits, faces_t, attribute)
         if vertex_colours is None:
-            values = sample_texture(torch.as_tensor(np.asarray(image)).to(device), values)
+            values = sample_texture(torch.as_tensor(image).to(device), values)
     out[rows, cols] = values.clamp(0, 1)
     s = hits.supersample
     cover = (hits.face >= 0).float()[None, None]
@@ -191,7 +189,7 @@ def shade(
     return rgb.cpu().numpy(), F.avg_pool2d(cover, s)[0, 0].cpu().numpy()
 
 
-def psnr(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio (dB, peak 1) of two images in [0, 1], over ``mask`` pixels if given."""
     diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
     if mask is not None:

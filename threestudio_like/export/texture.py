@@ -26,15 +26,20 @@ sqrt(s) t)`` for uniform ``s, t``, which is uniform over the triangle.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from threestudio_like.errors import ConfigError, at_least
-from threestudio_like.export.raster import barycentrics_of, dilate_ids, push_pull_fill, rasterise
+from threestudio_like.export.raster import (
+    barycentrics_of,
+    dilate_ids,
+    push_pull_fill,
+    rasterise,
+)
 
 FieldFn = Callable[[Tensor], Tensor]
 Progress = Callable[[str, float], None]
@@ -54,11 +59,11 @@ class BakedTexture:
     """``[V']`` int64: index of the input vertex each output vertex came from."""
     image: np.ndarray
     """``[H, W, 3]`` uint8 base colour (row 0 = top of the image, as PNG stores it)."""
-    normal_map: Optional[np.ndarray] = None
+    normal_map: np.ndarray | None = None
     """``[H, W, 3]`` uint8 object-space unit normals, ``(n + 1) / 2 * 255``; None when not baked."""
 
 
-def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
@@ -77,7 +82,7 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np
 
 def uv_atlas(
     vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024, padding: int = 4
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """UV-unwrap a mesh with xatlas into one atlas: ``(vmapping [V'], faces [F, 3], uvs [V', 2])``.
 
     Charts are packed for a ``texture_size`` square image with ``padding`` texels between them
@@ -118,15 +123,19 @@ def uv_to_pixel(uv: Tensor, height: int, width: int) -> Tensor:
 
 
 @torch.no_grad()
-def _query(fn: FieldFn, points: Tensor, chunk: int, name: str, progress: Optional[Progress]) -> Tensor:
+def _query(fn: FieldFn, points: Tensor, chunk: int, name: str, progress: Progress | None) -> Tensor:
     """``fn`` at ``points`` ``[N, 3]`` in chunks -> ``[N, 3]`` float32 on the points' device."""
     out = torch.empty(len(points), 3, dtype=torch.float32, device=points.device)
+    if progress is not None:
+        progress(name, 0.0)
     for start in range(0, len(points), chunk):
         part = points[start : start + chunk]
         values = fn(part)
         if not isinstance(values, Tensor) or values.ndim != 2 or len(values) != len(part) or values.shape[1] < 3:
             shape = list(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise ValueError(f"bake_texture: {name} must return [N, 3] for [N, 3] points; got {shape} for N={len(part)}.")
+            raise ValueError(
+                f"bake_texture: {name} must return [N, 3] for [N, 3] points; got {shape} for N={len(part)}."
+            )
         out[start : start + len(part)] = values[:, :3].to(out)
         if progress is not None:
             progress(name, min(1.0, (start + len(part)) / len(points)))
@@ -139,18 +148,18 @@ def bake_texture(
     colour_fn: FieldFn,
     texture_size: int = 1024,
     padding: int = 4,
-    normal_fn: Optional[FieldFn] = None,
-    device: Optional[torch.device] = None,
+    normal_fn: FieldFn | None = None,
+    device: torch.device | None = None,
     chunk: int = 262144,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
 ) -> BakedTexture:
     """UV-unwrap a mesh and bake ``colour_fn`` (world points ``[N, 3]`` -> colours in [0, 1]) into a
     ``texture_size`` square texture, and ``normal_fn`` (-> unit normals) into a normal map.
 
     ``padding`` texels around every chart get the colour of the nearest chart edge; the rest of
     the background is push-pull filled. Fields run on ``device`` (default CPU) in chunks of ``chunk``
-    points; ``progress(stage, fraction)`` is told of each stage (atlas, rasterise, colour, normal,
-    fill).
+    points; ``progress(stage, fraction)`` is told of each stage (atlas, rasterise, dilate, colour,
+    normal, fill) at its start (0.0), its end (1.0) and, for the field queries, after each chunk.
     """
     at_least("texture_size", texture_size, 8)
     at_least("padding", padding, 0)
@@ -170,9 +179,11 @@ def bake_texture(
     faces_t = torch.from_numpy(out_faces).to(device)
     xy = uv_to_pixel(uv_t, size, size)[faces_t]  # [F, 3, 2]
     ids, _ = rasterise(xy, size, size)
+    report("rasterise", 1.0)
+    report("dilate", 0.0)
     ids = dilate_ids(ids, int(padding))
     bary = barycentrics_of(xy, ids, clamp=True)
-    report("rasterise", 1.0)
+    report("dilate", 1.0)
 
     rows, cols = torch.nonzero(ids >= 0, as_tuple=True)
     tri = faces_t[ids[rows, cols]]  # [N, 3] vertex indices
@@ -203,7 +214,7 @@ def bake_texture(
     )
 
 
-def sample_texture(image: Union[np.ndarray, Tensor], uv: Union[np.ndarray, Tensor]) -> Union[np.ndarray, Tensor]:
+def sample_texture(image: np.ndarray | Tensor, uv: np.ndarray | Tensor) -> np.ndarray | Tensor:
     """Bilinear texture lookup at ``uv`` ``[N, 2]`` (v = 0 at the bottom row, clamped at the border).
 
     ``image`` is ``[H, W, C]``, uint8 (read as ``/255``) or float. Returns ``[N, C]`` float32, a
@@ -230,7 +241,7 @@ def sample_texture(image: Union[np.ndarray, Tensor], uv: Union[np.ndarray, Tenso
 
 def sample_surface(
     vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` area-uniform random points on a mesh: ``(points [n, 3], face ids [n], barycentrics [n, 3])``."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
