@@ -99,11 +99,14 @@ def pixel_centres(rows: Tensor, cols: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.stack([cols, rows], dim=-1).to(dtype)
 
 
-def rasterise(xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22) -> tuple[Tensor, Tensor]:
+def rasterise(
+    xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22, barycentrics: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Cover an ``height x width`` grid with triangles ``xy`` ``[F, 3, 2]`` (pixel-centre coordinates).
 
     Returns ``ids`` ``[H, W]`` long (covering triangle, -1 where none) and ``bary`` ``[H, W, 3]``
-    (barycentrics of each pixel centre in its triangle, 0 where uncovered).
+    (barycentrics of each pixel centre in its triangle, 0 where uncovered; None unless
+    ``barycentrics``).
     """
     xy = xy.float()
     flat = torch.full((height * width,), -1, dtype=torch.long, device=xy.device)
@@ -112,7 +115,7 @@ def rasterise(xy: Tensor, height: int, width: int, max_pairs: int = 1 << 22) -> 
         inside = ok & (bary >= -BARY_EPS).all(-1)
         flat.scatter_reduce_(0, (row * width + col)[inside], tri[inside], reduce="amax")
     ids = flat.view(height, width)
-    return ids, barycentrics_of(xy, ids, clamp=False)
+    return ids, barycentrics_of(xy, ids, clamp=False) if barycentrics else None
 
 
 def barycentrics_of(xy: Tensor, ids: Tensor, clamp: bool) -> Tensor:

@@ -178,7 +178,7 @@ def bake_texture(
     uv_t = torch.from_numpy(uvs).to(device)
     faces_t = torch.from_numpy(out_faces).to(device)
     xy = uv_to_pixel(uv_t, size, size)[faces_t]  # [F, 3, 2]
-    ids, _ = rasterise(xy, size, size)
+    ids, _ = rasterise(xy, size, size, barycentrics=False)
     report("rasterise", 1.0)
     report("dilate", 0.0)
     ids = dilate_ids(ids, int(padding))
