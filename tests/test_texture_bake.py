@@ -20,6 +20,7 @@ from threestudio_like.export.raster import (
 from threestudio_like.export.raycast import cast, psnr, shade, turntable_cameras
 from threestudio_like.export.texture import (
     bake_texture,
+    rotate_normal_map,
     sample_surface,
     sample_texture,
     uv_to_pixel,
@@ -188,6 +189,11 @@ def test_normal_map_holds_the_field_normals():
     truth = points / np.linalg.norm(points, axis=-1, keepdims=True)
     cos = (normals * truth).sum(-1) / np.linalg.norm(normals, axis=-1)
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).mean() < 2.0
+    # Turning the mesh z-up -> y-up (x stays, z -> y, y -> -z) turns the stored normals alike.
+    z_to_y = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], np.float32)
+    turned = sample_texture(rotate_normal_map(baked.normal_map, z_to_y), uv) * 2 - 1
+    cos = (turned * (truth @ z_to_y.T)).sum(-1) / np.linalg.norm(turned, axis=-1)
+    assert np.degrees(np.arccos(np.clip(cos, -1, 1))).mean() < 2.5
 
 
 def test_bad_input_names_the_problem():
@@ -204,6 +210,17 @@ def test_bad_input_names_the_problem():
         bake_texture(verts, faces, white, texture_size=4)
     with pytest.raises(ValueError, match="colour must return"):
         bake_texture(verts, faces, lambda p: p[:, 0], texture_size=16)
+
+
+def test_non_finite_colours_bake_as_mid_grey():
+    verts, faces = _grid_mesh(2)
+
+    def broken(p):
+        return torch.where(p[:, :1] > 0.5, torch.full_like(p, float("nan")), torch.zeros_like(p))
+
+    image = bake_texture(verts, faces, broken, texture_size=32, padding=1).image
+    assert image.max() <= 128  # nothing brighter than the grey that stands in for NaN
+    assert (image == 128).mean() > 0.2 and (image == 0).mean() > 0.2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here; the CUDA path runs the same code")

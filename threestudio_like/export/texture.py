@@ -60,7 +60,8 @@ class BakedTexture:
     image: np.ndarray
     """``[H, W, 3]`` uint8 base colour (row 0 = top of the image, as PNG stores it)."""
     normal_map: np.ndarray | None = None
-    """``[H, W, 3]`` uint8 object-space unit normals, ``(n + 1) / 2 * 255``; None when not baked."""
+    """``[H, W, 3]`` uint8 object-space unit normals, ``(n + 1) / 2 * 255``, in the input frame (see
+    :func:`rotate_normal_map` when the mesh is turned); None when not baked."""
 
 
 def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +193,7 @@ def bake_texture(
     points = (weights[..., None] * verts_t[tri]).sum(1)
 
     def bake(fn: FieldFn, name: str, encode: Callable[[Tensor], Tensor]) -> np.ndarray:
-        values = encode(_query(fn, points, int(chunk), name, progress))
+        values = encode(_query(fn, points, int(chunk), name, progress)).nan_to_num(0.5)
         image = torch.zeros(size, size, 3, dtype=torch.float32, device=device)
         image[rows, cols] = values
         report("fill", 0.0)
@@ -212,6 +213,15 @@ def bake_texture(
         image=image,
         normal_map=normal_map,
     )
+
+
+def rotate_normal_map(normal_map: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """An object-space normal map (uint8 ``[H, W, 3]``) re-expressed after the mesh is turned by
+    the 3x3 ``rotation`` (``v' = R v``): normals turn alike, ``n' = R n``, then are re-encoded."""
+    normals = normal_map.astype(np.float32) / 255.0 * 2.0 - 1.0
+    turned = normals @ np.asarray(rotation, np.float32).T
+    turned /= np.maximum(np.linalg.norm(turned, axis=-1, keepdims=True), 1e-8)
+    return ((turned * 0.5 + 0.5).clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def sample_texture(image: np.ndarray | Tensor, uv: np.ndarray | Tensor) -> np.ndarray | Tensor:
