@@ -367,12 +367,17 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
     def predict_step(self, batch: Any, batch_idx: int) -> None:
         return None
 
+    def export_material(self) -> Any:
+        """The material whose ``export(features)["albedo"]`` colours the mesh (systems that
+        render something other than colour override it)."""
+        return self.material
+
     def on_predict_epoch_end(self) -> None:
         if self.exporter is None:
             return
         out_dir = self.save_path(f"it{self.true_global_step}-export/placeholder")
         out_dir = os.path.dirname(out_dir)
-        for path in self.exporter(self.geometry, self.material, out_dir):
+        for path in self.exporter(self.geometry, self.export_material(), out_dir):
             self.record_output("meshes", path, key=os.path.splitext(path)[1].lstrip("."), what="Mesh")
 
 

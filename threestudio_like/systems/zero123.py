@@ -33,6 +33,7 @@ from threestudio_like.errors import ConfigError
 from threestudio_like.guidance.latent_diffusion import LatentDiffusionGuidance
 from threestudio_like.systems import losses as L
 from threestudio_like.systems.base import BaseLift3DSystem
+from threestudio_like.systems.latent_colour import LatentColourMaterial, LatentToRGB, fit_latent_to_rgb, pool_to
 
 _RAY_KEYS = ("rays_o", "rays_d", "light_positions")
 
@@ -83,6 +84,9 @@ class Zero123SJCSystem(ImageConditionedSystem):
         """Fraction of trainer.max_steps after which depth smoothness also applies to sampled views."""
         emptiness_scale: float = 10.0
         """Emptiness loss log(1 + scale * w)."""
+        latent_colour_views: int = 8
+        """Orbit views rendered and decoded to fit the latent->RGB map that colours the exported
+        mesh of a latent render (:mod:`threestudio_like.systems.latent_colour`)."""
 
     cfg: Config
 
@@ -179,6 +183,36 @@ class Zero123SJCSystem(ImageConditionedSystem):
             return F.interpolate(x.permute(0, 3, 1, 2), size, mode="nearest").permute(0, 2, 3, 1)
 
         return {"comp_rgb": rgb, "opacity": upsample(out["opacity"]), "depth": upsample(out["depth"])}
+
+    # -- export: mesh colours of a latent field -----------------------------------------------
+    @torch.no_grad()
+    def fit_latent_colour(self, camera: Dict[str, Any]) -> LatentToRGB:
+        """The latent->RGB map, fitted on ``latent_colour_views`` orbit views at the elevation,
+        distance and field of view of ``camera`` (a predict batch), each decoded by the VAE."""
+        n = max(int(self.cfg.latent_colour_views), 1)
+        h, w = int(camera["height"]), int(camera["width"])
+        views = make_batch(camera["elevation"].cpu()[:1].repeat(n), torch.arange(n, dtype=torch.float32) * (360.0 / n),
+                           camera["camera_distances"].cpu()[:1].repeat(n), camera["fovy"].cpu()[:1].repeat(n), h, w)
+        features, colours, weights = [], [], []
+        for i in range(n):
+            view = {k: (v[i:i + 1].to(self.device) if torch.is_tensor(v) else v) for k, v in views.items()}
+            out = self.render_view(view)
+            decoded = self.decode(out["comp_rgb"]).float()
+            features.append(out["comp_rgb"].reshape(-1, out["comp_rgb"].shape[-1]).float())
+            colours.append(pool_to(decoded, h, w).reshape(-1, 3))
+            weights.append(out["opacity"].reshape(-1).float() ** 2)  # surface pixels, not the background
+        return fit_latent_to_rgb(torch.cat(features).cpu(), torch.cat(colours).cpu(), torch.cat(weights).cpu())
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
+        if self.cfg.render_latents and batch_idx == 0:
+            self.latent_colour = self.fit_latent_colour(batch)
+            print(f"mesh colours: latent->RGB map fitted on {self.cfg.latent_colour_views} decoded views "
+                  f"({self.latent_colour.n_pixels} pixels, residual {self.latent_colour.residual_rms:.3f} RMS)")
+
+    def export_material(self) -> Any:
+        """The material whose albedo colours the mesh: latent features mapped to RGB."""
+        mapping = getattr(self, "latent_colour", None)
+        return LatentColourMaterial(self.material, mapping) if mapping is not None else self.material
 
 
 @register("zero123-system")
