@@ -32,7 +32,7 @@ from threestudio_like.batch.outcome import (attempt_status, classify, oom_overri
                                             with_resume)
 from threestudio_like.batch.progress import status_progress
 from threestudio_like.batch.runner import Runner
-from threestudio_like.batch.state import BatchLock
+from threestudio_like.batch.state import BatchLock, BatchState
 from threestudio_like.cli import main as cli_main
 from threestudio_like.models.checkpoints import checkpoint_step
 
@@ -229,9 +229,9 @@ FAKE_TRAINER = textwrap.dedent('''
         with open(status_path + ".tmp", "w") as f:
             json.dump(status, f)
         os.replace(status_path + ".tmp", status_path)
-    def fail(category, kind, message, code):
+    def fail(category, kind, message, code, **more):
         write(state="failed", exit_code=code,
-              error={"type": kind, "category": category, "message": message, "exit_code": code})
+              error={"type": kind, "category": category, "message": message, "exit_code": code, **more})
         sys.exit(code)
     write()
     print("Trial directory:", trial)
@@ -252,6 +252,15 @@ FAKE_TRAINER = textwrap.dedent('''
         write(state="finished", phase="export", step=4, loss=0.25, exit_code=0, outputs=outputs())
     if what == "ok":
         ckpt(); finished(); sys.exit(0)
+    if what == "export-fails":  # trained to the end, then the export setting cannot work
+        import torch
+        torch.save({"global_step": 4, "state_dict": {}}, os.path.join(trial, "ckpts", "last.ckpt"))
+        write(phase="export", step=4)
+        fail("export", "IsosurfaceError", "The density never crosses the isosurface threshold 10", 1,
+             repeats=True, phase="export")
+    if what == "export-ok":
+        assert "--export" in args and "--train" not in args, args
+        finished(); sys.exit(0)
     if what == "oom":
         fail("oom", "OutOfMemoryError", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1)
     if what == "crash":
@@ -435,6 +444,41 @@ def test_changed_jobs_restart_and_redo(tmp_path, fake, capsys):
     launcher = FakeLauncher(fake)
     assert Runner(spec, launcher, redo=["a"], poll_interval=0.05, progress_every=1000).run() == 0
     assert [Path(c[c.index("--config") + 1]).stem for c in launcher.commands] == ["a"]
+
+
+def test_repeating_failures_are_not_retried_and_retry_failed_only_reexports(tmp_path, fake, capsys):
+    """An export that fails the same way every time is attempted once; after the export setting
+    is fixed, --retry-failed keeps the trained model and runs only the export."""
+    job = {"name": "e", "env": {"FAKE_PLAN": "export-fails,export-ok"}, "overrides": ["trainer.max_steps=4"]}
+    spec = _fake_batch(tmp_path, [job], retries=3)
+    launcher = FakeLauncher(fake)
+    assert Runner(spec, launcher, poll_interval=0.05, progress_every=1000).run() == 1
+    rec = BatchState.load(tmp_path / "batch").jobs["e"]
+    assert len(launcher.commands) == 1 and rec["status"] == "failed"
+    assert [a["outcome"] for a in rec["attempts"]] == ["repeats"]
+    assert rec["attempts"][0]["failed_phase"] == "export"
+    assert "FAILED e [repeats] after 1 failure(s): The density never crosses" in capsys.readouterr().out
+
+    job["overrides"] = ["trainer.max_steps=4", "system.geometry.isosurface_threshold=5"]
+    spec = _fake_batch(tmp_path, [job], retries=3)
+    launcher = FakeLauncher(fake)
+    assert Runner(spec, launcher, retry_failed=True, poll_interval=0.05, progress_every=1000).run() == 0
+    out = capsys.readouterr().out
+    assert "changed only settings used after training" in out and "export only" in out
+    assert "--export" in launcher.commands[0] and "--train" not in launcher.commands[0]
+    assert not (tmp_path / "batch" / "trials" / "e.old-1").exists()   # not retrained
+    assert BatchState.load(tmp_path / "batch").jobs["e"]["status"] == "done"
+
+
+def test_a_training_change_still_starts_afresh(tmp_path, fake):
+    spec = _fake_batch(tmp_path, [{"name": "t", "env": {"FAKE_PLAN": "export-fails,ok"}}], retries=0)
+    Runner(spec, FakeLauncher(fake), poll_interval=0.05, progress_every=1000).run()
+    spec = _fake_batch(tmp_path, [{"name": "t", "env": {"FAKE_PLAN": "export-fails,ok"},
+                                   "overrides": ["system.optimizer.args.lr=0.001"]}], retries=0)
+    launcher = FakeLauncher(fake)
+    Runner(spec, launcher, retry_failed=True, poll_interval=0.05, progress_every=1000).run()
+    assert (tmp_path / "batch" / "trials" / "t.old-1").is_dir()
+    assert "--train" in launcher.commands[0]
 
 
 def test_outcomes_follow_the_status_not_the_log(tmp_path, fake):

@@ -128,6 +128,26 @@ def test_resume_reuses_the_checkpoint_trial(tmp_path):
         load_config("demo.yaml", [f"resume={tmp_path / 'nope.ckpt'}"])
 
 
+def test_resume_into_a_trial_starts_from_its_parsed_yaml_unless_the_config_owns_the_trial(tmp_path):
+    """A recipe name + resume= reads the trial's own parsed.yaml; a config that names the trial as
+    its trial_dir (a batch job's config, with the job's current settings) is used as given."""
+    from omegaconf import OmegaConf
+
+    trial = tmp_path / "t"
+    (trial / "ckpts").mkdir(parents=True)
+    (trial / "configs").mkdir()
+    (trial / "ckpts" / "last.ckpt").write_bytes(b"x")
+    base = load_config("demo.yaml", [f"exp_root_dir={tmp_path}"], make_trial_dir=False)
+    OmegaConf.save(OmegaConf.merge(base, {"system": {"geometry": {"isosurface_threshold": 7.0}}}),
+                   trial / "configs" / "parsed.yaml")
+    resume = f"resume={trial / 'ckpts' / 'last.ckpt'}"
+    assert load_config("demo.yaml", [resume]).system.geometry.isosurface_threshold == 7.0
+    owner = tmp_path / "job.yaml"
+    OmegaConf.save(OmegaConf.merge(base, {"trial_dir": str(trial),
+                                          "system": {"geometry": {"isosurface_threshold": 3.0}}}), owner)
+    assert load_config(str(owner), [resume]).system.geometry.isosurface_threshold == 3.0
+
+
 def test_registry_rejects_duplicates_and_suggests():
     @register("unit-test-thing")
     class Thing:

@@ -62,3 +62,16 @@ def test_lab_orderings_over_three_seeds():
     assert s["view-binned"]["janus"]["k"] <= s["unconditioned"]["janus"]["k"]
     lo, hi = s["unconditioned"]["janus"]["lo"], s["unconditioned"]["janus"]["hi"]
     assert 0 <= lo <= hi <= 1 and not math.isnan(lo)
+
+
+def test_lab_writes_its_result_to_a_file_by_default(tmp_path, monkeypatch, capsys):
+    import json
+
+    from threestudio_like.janus.lab import lab_main
+
+    monkeypatch.chdir(tmp_path)
+    assert lab_main(["--seeds", "0", "steps=2"]) == 0
+    saved = json.loads((tmp_path / "outputs" / "janus-lab" / "lab.json").read_text())
+    assert saved["provenance"]["seeds"] == "0" and "no diffusion weights" in saved["provenance"]["note"]
+    assert saved["summary"] and (tmp_path / "outputs" / "janus-lab" / "lab.md").read_text().startswith("|")
+    assert "written: outputs/janus-lab/lab.json" in capsys.readouterr().out

@@ -100,6 +100,26 @@ def test_tiny_report(tiny_report):
     assert all(os.path.getmtime(p) == t for p, t in mtimes.items())
 
 
+def test_report_records_provenance_and_marks_test_weights(tiny_report):
+    """Tiny-random weights are recorded per run and flagged on the page: such a report can never
+    pass for a comparison of real priors. Results are also split per prompt kind."""
+    out, _, r = tiny_report
+    saved = json.loads((out / "summary.json").read_text())
+    prov = saved["provenance"]
+    assert prov["runs"] == 4 and prov["runs_without_real_weights"] == 4
+    assert prov["seeds"] == [0, 1] and prov["code_version"] and prov["machine"]["torch"]
+    assert "trainer.max_steps=1" in prov["overrides"]
+    for a in saved["assets"]:
+        run = a["provenance"]
+        assert run["real_weights"] is False and run["max_steps"] == 1 and run["seed"] == a["seed"]
+        assert run["weights"]["system.guidance.pretrained_model_name_or_path"] == {"id": "tiny-random", "kind": "test"}
+    assert set(saved["summary_by_kind"]["dreamfusion-sd21"]) == {"janus-prone"}
+    page = (out / "index.html").read_text()
+    assert "class='warning'" in page and "4 of 4 runs used no real weights" in page
+    assert "class='by-kind'" in page and "dreamfusion-sd21 / janus-prone" in page
+    assert "4 of 4 runs used no real weights" in (out / "report.md").read_text()
+
+
 @pytest.mark.skipif(not chromium(), reason="no chromium/chromium-browser/google-chrome on PATH")
 def test_tiny_report_in_headless_chromium(tiny_report):
     out, _, r = tiny_report
@@ -112,3 +132,21 @@ def test_tiny_report_in_headless_chromium(tiny_report):
     assert not broken, f"the browser could not show: {broken}"
     assert sorted(row[0] for row in page.summary[1:]) == sorted(CONFIGS)
     assert shot.is_file() and shot.stat().st_size > 1000
+
+
+def test_weights_are_identified_without_reading_them_whole(tmp_path):
+    from threestudio_like.janus.provenance import describe_weights, run_provenance
+
+    folder = tmp_path / "my-mvdream"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"a" * 100)
+    first = describe_weights(str(folder))
+    assert first["kind"] == "local" and first["id"] == "my-mvdream" and len(first["fingerprint"]) == 16
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"b" * 100)
+    assert describe_weights(str(folder))["fingerprint"] != first["fingerprint"]
+    real = run_provenance({"seed": 3, "trainer": {"max_steps": 10000},
+                           "system": {"guidance_type": "mvdream-multiview-diffusion-guidance",
+                                      "guidance": {"pretrained_model_name_or_path": str(folder)}}})
+    assert real["real_weights"] is True and real["seed"] == 3 and real["max_steps"] == 10000
+    lab = run_provenance({"system": {"guidance_type": "reference-object-guidance", "guidance": {}}})
+    assert lab["real_weights"] is False and lab["weights"] == {}

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from threestudio_like.errors import ConfigError, ThreestudioLikeError, category_of, exit_code_of
 from threestudio_like.preview.page import write_run_preview
 from threestudio_like.run_status import ENV_STATUS_FILE, STATUS_FILE, RunStatus, describe
+from threestudio_like.utils.progress import use_status
 
 USAGE_EXAMPLES = """examples:
   python launch.py --config demo.yaml --train
@@ -240,15 +241,16 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
     status.write()
     checkpoint = os.path.join(trial, "ckpts", "last.ckpt")
     try:
-        if mode == "sample":
-            from threestudio_like.sampling.run import run_sample
+        with use_status(status):
+            if mode == "sample":
+                from threestudio_like.sampling.run import run_sample
 
-            path = run_sample(cfg, status=status)
-            print(f"Samples written: {path}")
-        else:
-            _run_lightning(cfg, mode, argv, status)
-            write_run_preview(trial, status)
-            print(f"Done. Outputs in {trial}")
+                path = run_sample(cfg, status=status)
+                print(f"Samples written: {path}")
+            else:
+                _run_lightning(cfg, mode, argv, status)
+                write_run_preview(trial, status)
+                print(f"Done. Outputs in {trial}")
         status.finish()
         return 0
     except BaseException as exc:

@@ -371,12 +371,23 @@ def _run_config(path: Path, cli_args: Sequence[str]) -> Path:
     resume = next((a.split("=", 1)[1] for a in cli_args if a.lstrip("+").startswith("resume=")), None)
     if not resume:
         return path
-    parsed = Path(resume).expanduser().resolve().parent.parent / "configs" / "parsed.yaml"
-    if not parsed.is_file() or parsed == path.resolve():
+    trial = Path(resume).expanduser().resolve().parent.parent
+    parsed = trial / "configs" / "parsed.yaml"
+    if not parsed.is_file() or parsed == path.resolve() or _owns_trial(path, trial):
         return path
     print(f"note: resume= points into a trial: starting from its own config {parsed} "
           f"(not {path.name}); key=value overrides still apply.")
     return parsed
+
+
+def _owns_trial(path: Path, trial: Path) -> bool:
+    """Whether the config at ``path`` names ``trial`` as its ``trial_dir`` (a batch job's config:
+    it holds the job's current settings, which may differ from the trial's parsed.yaml)."""
+    try:
+        own = OmegaConf.load(path).get("trial_dir")
+    except Exception:  # an unreadable config is reported when it is read for real
+        return False
+    return isinstance(own, str) and Path(own).expanduser().resolve() == trial
 
 
 def _read_yaml(path: Path) -> DictConfig:

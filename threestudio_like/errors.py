@@ -9,6 +9,9 @@ mapped in one place (:func:`exit_code_of`, used by the command line and the batc
 * **1, run failures** (:class:`RunFailure`): a non-finite loss, a full disk, a mesh that cannot be
   extracted. The trial folder keeps the last good checkpoint.
 
+``repeats`` says whether the same command would fail the same way again (input problems, an
+export setting that cannot work); the batch runner retries only failures that do not repeat.
+
 ``category`` is the word written to a run's ``status.json`` (``config``, ``weights``,
 ``checkpoint``, ``nonfinite``, ``disk-full``, ``export``, ...); :func:`category_of` extends it to
 foreign exceptions (out of memory, interrupts, crashes). :func:`did_you_mean` is the one
@@ -42,6 +45,8 @@ class ThreestudioLikeError(Exception):
     """Exit status of the command that stops on this error."""
     category: str = "crash"
     """Outcome word recorded in ``status.json`` and by the batch runner."""
+    repeats: bool = False
+    """Whether running the same command again fails the same way (then retrying is futile)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -53,6 +58,7 @@ class UserInputError(ThreestudioLikeError):
 
     exit_code = 2
     category = "config"
+    repeats = True
 
 
 class ConfigError(UserInputError, ValueError):
@@ -169,6 +175,7 @@ class IsosurfaceError(RunFailure, ValueError):
     """No surface could be extracted at the requested density level."""
 
     category = "export"
+    repeats = True
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,6 +198,11 @@ def category_of(exc: BaseException) -> str:
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "SIGTERMException":
         return "interrupted"  # Lightning turns Ctrl-C into SystemExit after saving
     return "crash"
+
+
+def will_repeat(exc: BaseException) -> bool:
+    """Whether the same command would fail the same way again after ``exc`` (see the classes)."""
+    return bool(getattr(exc, "repeats", False)) if isinstance(exc, ThreestudioLikeError) else False
 
 
 def exit_code_of(exc: BaseException) -> int:

@@ -11,8 +11,9 @@ reader sees a whole file at any moment. Fields:
 * ``step`` / ``max_steps`` (training), ``progress`` ``{done, total}`` of the current phase,
   ``loss`` (the last logged training loss);
 * ``started``, ``updated``, ``ended`` (seconds since the epoch);
-* ``error``: ``null`` or ``{type, category, message, exit_code}`` (see :mod:`.errors`); the
-  message is what the command printed after ``error:``;
+* ``error``: ``null`` or ``{type, category, message, exit_code, repeats, phase}`` (see
+  :mod:`.errors`); the message is what the command printed after ``error:``; ``repeats``: the
+  same command would fail the same way; ``phase``: where it failed;
   ``exit_code`` once the command has ended;
 * ``outputs``: files the run wrote, relative to the trial folder (``checkpoint``, ``video``,
   ``meshes`` by format, ``validation`` images, ``samples``, ``preview``: the 3D preview page).
@@ -32,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from threestudio_like.errors import ThreestudioLikeError, category_of, exit_code_of
+from threestudio_like.errors import ThreestudioLikeError, category_of, exit_code_of, will_repeat
 from threestudio_like.utils.files import atomic_write_text
 
 STATUS_FILE = "status.json"
@@ -145,7 +146,7 @@ class RunStatus:
             ended=round(time.time(), 3),
             exit_code=code,
             error={"type": type(exc).__name__, "category": category, "message": message or describe(exc),
-                   "exit_code": code},
+                   "exit_code": code, "repeats": will_repeat(exc), "phase": self.data.get("phase")},
         )
         return code
 

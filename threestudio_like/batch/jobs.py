@@ -59,6 +59,17 @@ BUILTIN_SETTINGS: Dict[str, Any] = {
     "env": {},
 }
 
+FINISH_KEYS = (
+    "system.exporter_type",
+    "system.exporter",
+    "system.geometry.isosurface_threshold",
+    "system.geometry.isosurface_resolution",
+    "system.test_formats",
+    "system.test_fps",
+)
+"""Config keys read only after training (turntable and export): changing them needs no retraining."""
+
+
 @dataclass
 class Job:
     """One asset to produce: a recipe, its condition (prompt/image), overrides and a seed."""
@@ -109,6 +120,21 @@ class Job:
     def spec_hash(self) -> str:
         """Fingerprint of what the job computes: changes when its config changes."""
         return hashlib.sha256(self.config_yaml().encode()).hexdigest()[:16]
+
+    def train_hash(self) -> str:
+        """Fingerprint of what training computes: the config without the settings used only after
+        training (:data:`FINISH_KEYS`), so that a changed export setting keeps the trained model."""
+        if self.composed is None:
+            raise RuntimeError(f"{self.label} has not been validated.")
+        data = OmegaConf.to_container(self.composed, resolve=False)
+        for key in FINISH_KEYS:
+            *parents, leaf = key.split(".")
+            node = data
+            for name in parents:
+                node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        return hashlib.sha256(OmegaConf.to_yaml(data).encode()).hexdigest()[:16]
 
 
 @dataclass

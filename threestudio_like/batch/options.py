@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TextIO
+from typing import Any, List, TextIO
 
 from threestudio_like.batch.jobs import BatchSpec
+from threestudio_like.batch.local import LocalLauncher, detect_gpus
 
 
 def positive_int(text: str) -> int:
@@ -71,3 +72,19 @@ def print_check(spec: BatchSpec, stream: TextIO) -> None:
     for job in spec.jobs:
         cond = f'prompt "{job.prompt}"' if job.prompt else (f"image {job.image}" if job.image else "no condition")
         print(f"  {job.id:<32} job {job.index:<3} {Path(job.config).name:<24} seed {job.seed:<5} {cond}", file=stream)
+
+
+def make_launcher(args: argparse.Namespace, batch_dir: Path) -> Any:
+    """The launcher the options ask for: SLURM (``--launcher slurm``) or local workers, one per
+    GPU of ``--gpus`` (``cpu``: one CPU worker; default: the GPUs found)."""
+    if args.launcher == "slurm":
+        from threestudio_like.batch.slurm import SlurmLauncher
+
+        return SlurmLauncher.from_args(batch_dir / "slurm", args)
+    if args.gpus and args.gpus.strip().lower() == "cpu":
+        gpus: List[str] = []
+    elif args.gpus:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    else:
+        gpus = detect_gpus()
+    return LocalLauncher(gpus, workers=args.workers)

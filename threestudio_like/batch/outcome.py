@@ -7,7 +7,8 @@ status that carries another run id was left by an earlier attempt: this one died
 its own, and only the exit status is known. The job's printed output is never read to decide
 anything; it is for people.
 
-:func:`classify` maps the two to an outcome (ok, interrupted, timeout, oom, nan, config, crash);
+:func:`classify` maps the two to an outcome (ok, interrupted, timeout, oom, nan, config, repeats,
+crash);
 the table of the rules and of what each outcome leads to is in :mod:`.runner`'s docstring.
 
 Also here: the retry back-off, the overrides an out-of-memory back-off adds, and the
@@ -123,7 +124,26 @@ def classify(rc: Optional[int], status: Optional[Dict[str, Any]], *, timed_out: 
         return "nan", _failure_text(rc, status)
     if error.get("exit_code") == INPUT_ERROR_EXIT:
         return "config", _failure_text(rc, status)
+    if error.get("repeats"):
+        return "repeats", _failure_text(rc, status)
     return "crash", _failure_text(rc, status)
+
+
+def failed_phase(status: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The phase (train, test, export ...) an attempt failed in, from its own status."""
+    error = (status or {}).get("error")
+    if isinstance(error, dict) and error.get("phase"):
+        return str(error["phase"])
+    return (status or {}).get("phase") if (status or {}).get("state") == "failed" else None
+
+
+def export_only(attempts: Sequence[Dict[str, Any]], max_steps: Optional[int], resumed: Optional[int]) -> bool:
+    """Whether a job's training is complete (checkpoint at ``max_steps``) and its last attempt
+    failed in the export: then the next attempt exports from the checkpoint instead of running the
+    whole command again."""
+    last = attempts[-1] if attempts else {}
+    return (last.get("failed_phase") == "export" and resumed is not None
+            and isinstance(max_steps, int) and resumed >= max_steps)
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,12 +22,17 @@ timeout     ran past the job's ``timeout``                               resumes
 oom         error category ``oom``, or killed by SIGKILL (-9 or 137)     resumes, ``oom_halve`` keys halved
 nan         error category ``nonfinite``                                 resumes from the last good ckpt
 config      error exit code 2 (categories config, weights, checkpoint)   not retried
+repeats     the error says the same command fails the same way            not retried
 crash       anything else, also no status written by this attempt        resumes from the checkpoint
 =========== ============================================================ ==============================
 
 The error shown in the state and the gallery is the status's ``error.message``; an attempt that
 wrote no status of its own is described by its exit status ("killed by SIGSEGV", "exited with
 status 1 without a status").
+
+A job whose training finished but whose export failed runs only ``--export`` from its checkpoint
+next time: ``--retry-failed`` after fixing an export setting re-exports without retraining.
+Changing only settings read after training (:data:`.jobs.FINISH_KEYS`) keeps the trained model.
 
 Ctrl-C (or SIGTERM/SIGHUP) asks every running job to save a checkpoint and exit, marks them
 pending and exits with status 130; a second Ctrl-C kills them at once (they keep their last
@@ -45,13 +50,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Optional, Sequence, TextIO
 
 from threestudio_like.batch.gallery import collect_result, format_seconds, write_gallery
 from threestudio_like.batch.jobs import BatchSpec, Job, load_job_file
-from threestudio_like.batch.local import LocalLauncher, detect_gpus
-from threestudio_like.batch.options import build_parser, print_check
-from threestudio_like.batch.outcome import AttemptResult, attempt_status, classify, oom_overrides, retry_delay
+from threestudio_like.batch.options import build_parser, make_launcher, print_check
+from threestudio_like.batch.outcome import (AttemptResult, attempt_status, classify, export_only, failed_phase,
+                                            oom_overrides, retry_delay)
 from threestudio_like.batch.progress import ProgressView, status_progress
 from threestudio_like.batch.state import BatchLock, BatchState, new_job_record, now
 from threestudio_like.errors import BatchLockedError, JobFileError, SlurmUnavailable, did_you_mean
@@ -174,7 +179,7 @@ class Runner:
         from omegaconf import OmegaConf
 
         rec = self.state.jobs.get(job.id)
-        spec_hash = job.spec_hash()
+        spec_hash, train_hash = job.spec_hash(), job.train_hash()
         if rec is None:
             rec = self.state.jobs[job.id] = new_job_record(job.id, job.index)
         else:
@@ -186,11 +191,15 @@ class Runner:
                 if rec["status"] == "done":
                     self.view.event(f"note: job '{job.id}' changed since it finished; kept (re-run it with --redo {job.id})")
                     return
-                rec = self._reset(job.id, "its settings changed")
-            elif rec["status"] == "failed" and self.retry_failed:
+                if rec.get("train_hash") != train_hash:
+                    rec = self._reset(job.id, "its settings changed")
+                else:
+                    self.view.event(f"note: job '{job.id}' changed only settings used after training; "
+                                    "its trained model is kept")
+            if rec["status"] == "failed" and self.retry_failed:
                 rec.update(status="pending", failures=0, not_before=None, error=None, finished=None)
         rec.update(
-            index=job.index, spec_hash=spec_hash,
+            index=job.index, spec_hash=spec_hash, train_hash=train_hash,
             spec={**job.describe(), "seed": job.seed},
             config_file=f"configs/{job.id}.yaml", trial_dir=f"trials/{job.id}", log=f"logs/{job.id}.log",
             retries=job.retries,
@@ -323,15 +332,17 @@ class Runner:
         has_ckpt = os.path.isfile(ckpt)
         resumed = checkpoint_step(ckpt) if has_ckpt else None
         extra = oom_overrides(config_file, job.oom_halve, rec.get("oom_count", 0))
-        cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, "--train", *extra]
+        max_steps = job.composed.trainer.get("max_steps") if job.composed is not None else None
+        mode = "--export" if export_only(rec["attempts"], max_steps, resumed) else "--train"
+        cmd = [sys.executable, "-m", "threestudio_like.cli", "--config", config_file, mode, *extra]
         attempt_no = len(rec["attempts"]) + 1
         run_id = f"{job.id}-{attempt_no}-{uuid.uuid4().hex[:8]}"
-        if resumed is not None:
+        if mode == "--export":
+            how = f"export only: training finished at step {resumed}"
+        elif resumed is not None:
             how = f"resuming from step {resumed}"
-        elif has_ckpt:  # the training refuses it if it is damaged or unsafe (a config failure)
-            how = "resuming from a checkpoint whose step cannot be read"
-        else:
-            how = "from scratch"
+        else:  # a checkpoint whose step cannot be read is refused by the training (a config failure)
+            how = "resuming from a checkpoint whose step cannot be read" if has_ckpt else "from scratch"
         log_path = self.path(rec["log"])
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n===== attempt {attempt_no} on {slot} at {time.strftime('%Y-%m-%d %H:%M:%S')}, {how}"
@@ -382,7 +393,7 @@ class Runner:
         attempt = rec["attempts"][-1]
         category = ((status or {}).get("error") or {}).get("category")
         attempt.update(ended=round(ended, 3), seconds=seconds, rc=result.rc, outcome=outcome, error=error,
-                       error_category=category)
+                       error_category=category, failed_phase=failed_phase(status) if outcome != "ok" else None)
         rec["seconds"] = round(rec["seconds"] + seconds, 2)
         if outcome == "ok":
             rec.update(status="done", finished=round(ended, 3), error=None)
@@ -399,7 +410,7 @@ class Runner:
             if outcome == "oom":
                 rec["oom_count"] = rec.get("oom_count", 0) + 1
             first_line = (error or "").splitlines()[0] if error else ""
-            if outcome == "config" or rec["failures"] > job.retries:
+            if outcome in ("config", "repeats") or rec["failures"] > job.retries:
                 rec.update(status="failed", finished=round(ended, 3))
                 rec["result"] = collect_result(self.batch_dir, rec["trial_dir"])
                 self.view.event(f"FAILED {job.id} [{outcome}] after {rec['failures']} failure(s): {first_line}")
@@ -468,22 +479,11 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
         index, _ = write_gallery(state)
         print(f"Gallery: {index}", file=stream)
         return 0
-    if args.launcher == "slurm":
-        from threestudio_like.batch.slurm import SlurmLauncher
-
-        try:
-            launcher: Any = SlurmLauncher.from_args(Path(spec.output_dir) / "slurm", args)
-        except SlurmUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        if args.gpus and args.gpus.strip().lower() == "cpu":
-            gpus: List[str] = []
-        elif args.gpus:
-            gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        else:
-            gpus = detect_gpus()
-        launcher = LocalLauncher(gpus, workers=args.workers)
+    try:
+        launcher = make_launcher(args, Path(spec.output_dir))
+    except SlurmUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     runner = Runner(spec, launcher, retry_failed=args.retry_failed,
                     redo=[r.strip() for r in args.redo.split(",") if r.strip()],
                     progress_every=args.progress_every, grace=args.grace, stream=stream)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from threestudio_like.config import parse_structured
 from threestudio_like.guidance.base import BaseGuidance
+from threestudio_like.utils.progress import Progress
 from threestudio_like.reference import modes as M
 from threestudio_like.reference.object import ReferenceObjectGeometry
 from threestudio_like.janus.measures import janus_measures
@@ -212,10 +213,12 @@ def run_lab_benchmark(seeds=(0, 1, 2), cfg: Optional[dict] = None, settings=LAB_
 
     lab = TurntableLab(cfg)
     runs, summary = [], {}
+    progress = Progress("janus lab: run", len(settings) * len(seeds))
     for label, mode, scale in settings:
         rows = []
         for seed in seeds:
             r = lab.run(mode, int(seed), scale)
+            progress.update()
             r["setting"] = label
             r["guidance_scale"] = lab.cfg.guidance_scale if scale is None else scale
             rows.append(r)
@@ -227,6 +230,7 @@ def run_lab_benchmark(seeds=(0, 1, 2), cfg: Optional[dict] = None, settings=LAB_
             "one_face": rate_summary([r["face_arcs"] == 1 for r in rows]),
             "back_front_fraction": mean_summary([r["back_front_fraction"] for r in rows]),
         }
+    progress.close()
     return {"config": dict(vars(lab.cfg)), "runs": runs, "summary": summary}
 
 
@@ -251,6 +255,7 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
     :data:`LAB_SETTINGS` over the seeds; prints the Markdown table, optionally writes JSON."""
     import argparse
     import json
+    import os
     import time
 
     from omegaconf import OmegaConf
@@ -259,7 +264,8 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
         prog=prog, description="Reference-object lab: Janus per prior mode, measured exactly "
         "(face arcs, back-half front fraction), with Wilson 95% intervals.")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default=None, help="write the full result as JSON")
+    parser.add_argument("--out", default="outputs/janus-lab/lab.json",
+                        help="where the full result goes as JSON (with lab.md beside it); '' for none")
     parser.add_argument("overrides", nargs="*",
                         help="LabConfig key=value (guidance_scale=7.5, kappa=2, steps=300, ...)")
     args = parser.parse_args(argv)
@@ -267,9 +273,19 @@ def lab_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -
     torch.set_num_threads(1)
     start = time.time()
     result = run_lab_benchmark([int(s) for s in args.seeds.split(",")], cfg)
-    print(lab_markdown(result))
+    table = lab_markdown(result)
+    print(table)
     print(f"({len(result['runs'])} runs in {time.time() - start:.1f} s)")
     if args.out:
+        from threestudio_like.janus.provenance import code_version, machine
+
+        result["provenance"] = {"seeds": args.seeds, "overrides": list(args.overrides), "code_version": code_version(),
+                                "machine": machine(), "seconds": round(time.time() - start, 1),
+                                "note": "reference-object lab: an exact known-answer prior, no diffusion weights"}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
+        with open(os.path.splitext(args.out)[0] + ".md", "w", encoding="utf-8") as f:
+            f.write(table)
+        print(f"written: {args.out} and {os.path.splitext(args.out)[0]}.md")
     return 0

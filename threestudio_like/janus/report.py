@@ -21,12 +21,14 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from threestudio_like.config import slugify
 from threestudio_like.janus.metrics import HaarFaceDetector, aggregate, asset_metrics, try_clip
+from threestudio_like.janus.provenance import bench_provenance, read_run_provenance
+from threestudio_like.utils.progress import Progress
 
 RATE_KEYS = ("janus_face", "janus_view", "second_peak_above_1")
 MEAN_KEYS = ("face_arcs", "second_peak_ratio", "back_as_front_rate", "clip_score")
@@ -128,20 +130,66 @@ document.querySelectorAll('img').forEach(function(i){
 </script>"""
 
 
-def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict[str, Any]]) -> None:
-    """``report.md`` and ``index.html`` with tables, charts and contact sheets."""
+def _provenance_lines(provenance: Dict[str, Any], assets: List[Dict[str, Any]]) -> List[str]:
+    """Plain-text lines: a warning when runs had test weights, then what the numbers rest on."""
+    lines = []
+    n_test = provenance.get("runs_without_real_weights", 0)
+    if n_test:
+        lines.append(f"WARNING: {n_test} of {provenance.get('runs', 0)} runs used no real weights (tiny-random "
+                     "test models or a weightless prior): these numbers say nothing about the real priors.")
+    weights = {}
+    for a in assets:
+        for key, w in ((a.get("provenance") or {}).get("weights") or {}).items():
+            ident = w.get("revision") or w.get("fingerprint") or "-"
+            weights[f"{a['config']}: {key}"] = f"{w['id']} ({w['kind']}, {ident})"
+    m = provenance.get("machine") or {}
+    lines += [f"code {provenance.get('code_version')}; created {provenance.get('created')}",
+              f"machine: {m.get('platform')}, Python {m.get('python')}, torch {m.get('torch')}, "
+              f"{m.get('cpu_count')} CPUs, GPU {m.get('gpu') or 'none'}",
+              f"seeds {provenance.get('seeds')}; overrides {' '.join(provenance.get('overrides') or []) or 'none'}"]
+    steps = sorted({str((a.get("provenance") or {}).get("max_steps")) for a in assets})
+    lines.append(f"training steps: {', '.join(steps)}")
+    lines += [f"weights {k} = {v}" for k, v in weights.items()]
+    return lines
+
+
+def _table(rows: Dict[str, Dict[str, Any]], keys: Sequence[str], cls: str,
+           first: str = "config") -> Tuple[List[str], List[str]]:
+    """A Markdown and an HTML table, one row per name, a cell per metric key."""
+    md = [f"| {first} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    hp = [f"<table border='1' class='{cls}'><tr><th>{first}</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"]
+    for c, s in rows.items():
+        cells = [_fmt(s[k]) if k in s else "—" for k in keys]
+        md.append(f"| {c} | " + " | ".join(cells) + " |")
+        hp.append(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    return md, hp + ["</table>"]
+
+
+def write_report(out: str, assets: List[Dict[str, Any]], summary: Dict[str, Dict[str, Any]],
+                 by_kind: Optional[Dict[str, Dict[str, Any]]] = None,
+                 provenance: Optional[Dict[str, Any]] = None) -> None:
+    """``report.md`` and ``index.html``: provenance, tables (overall and per prompt kind), charts
+    and contact sheets."""
     charts = [k for k in RATE_KEYS + MEAN_KEYS if bar_chart(summary, k, os.path.join(out, f"chart_{k}.png"))]
     md = ["# Janus benchmark", ""]
     hp = ["<!doctype html><html><head><meta charset='utf-8'><title>Janus benchmark</title></head><body>",
           "<h1>Janus benchmark</h1>"]
+    if provenance:
+        lines = _provenance_lines(provenance, assets)
+        md += [f"- {line}" for line in lines] + [""]
+        warn = lines[0] if lines[0].startswith("WARNING") else None
+        if warn:
+            hp.append(f"<p class='warning' style='background:#fdd;padding:8px;font-weight:bold'>{html.escape(warn)}</p>")
+        hp.append("<ul class='provenance'>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines if x != warn) + "</ul>")
     keys = [k for k in RATE_KEYS + MEAN_KEYS if any(k in s for s in summary.values())]
-    md += ["| config | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    hp.append("<table border='1' class='summary'><tr><th>config</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
-    for c, s in summary.items():
-        cells = [_fmt(s[k]) if k in s else "—" for k in keys]
-        md.append(f"| {c} | " + " | ".join(cells) + " |")
-        hp.append(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
-    hp.append("</table>")
+    table_md, table_hp = _table(summary, keys, "summary")
+    md += table_md
+    hp += table_hp
+    kinds = {f"{c} / {k or 'unlabelled'}": s for c, per in (by_kind or {}).items() for k, s in per.items()}
+    if kinds:
+        table_md, table_hp = _table(kinds, keys, "by-kind", "config / prompt kind")
+        md += ["", "## Per prompt kind", ""] + table_md
+        hp += ["<h2>Per prompt kind</h2>"] + table_hp
     md += ["", "## Charts", ""] + [f"![{k}](chart_{k}.png)" for k in charts]
     hp += ["<h2>Charts</h2>"] + [f"<img src='chart_{k}.png' alt='{k}'>" for k in charts]
     md += ["", "## Assets", "", "| config | prompt | seed | face arcs | second-peak ratio | turntable |", "|---|---|---|---|---|---|"]
@@ -167,17 +215,22 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
     detector = HaarFaceDetector()
     clip_model = try_clip(clip)
     assets: List[Dict[str, Any]] = []
+    progress = Progress("janus bench: run", len(configs) * len(prompts) * len(seeds))
     for config in configs:
         cname = os.path.splitext(os.path.basename(config))[0]
         for item in prompts:
             for seed in seeds:
+                progress.update(done=progress.done)  # prints the runs finished so far
+                progress.done += 1
                 rel = os.path.join("runs", cname, slugify(item["prompt"], max_len=48), f"s{seed}")
                 run_dir = os.path.join(out, rel)
                 os.makedirs(run_dir, exist_ok=True)
                 mpath = os.path.join(run_dir, "metrics.json")
                 if os.path.isfile(mpath):
                     with open(mpath, encoding="utf-8") as f:
-                        assets.append(json.load(f))
+                        cached = json.load(f)
+                    cached.setdefault("provenance", read_run_provenance(run_dir))
+                    assets.append(cached)
                     continue
                 if not turntable_frames(run_dir):
                     train(config, item["prompt"], seed, run_dir, overrides, n_views, in_process)
@@ -192,16 +245,22 @@ def run_bench(suite: str, configs: Sequence[str], seeds: Sequence[int], out: str
                 sheet = os.path.join(rel, "turntable.png")
                 contact_sheet(frames, os.path.join(out, sheet))
                 m.update({"config": cname, "prompt": item["prompt"], "kind": item.get("kind", ""),
-                          "seed": seed, "sheet": sheet})
+                          "seed": seed, "sheet": sheet, "provenance": read_run_provenance(run_dir)})
                 with open(mpath, "w", encoding="utf-8") as f:
                     json.dump(m, f, indent=1)
                 assets.append(m)
+    progress.close()
     summary = {c: aggregate([a for a in assets if a["config"] == c])
                for c in dict.fromkeys(a["config"] for a in assets)}
-    write_report(out, assets, summary)
+    by_kind = {c: {k: aggregate([a for a in assets if a["config"] == c and a.get("kind", "") == k])
+                   for k in dict.fromkeys(a.get("kind", "") for a in assets if a["config"] == c)}
+               for c in summary}
+    provenance = bench_provenance(configs, seeds, overrides, assets)
+    write_report(out, assets, summary, by_kind, provenance)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"summary": summary, "assets": assets}, f, indent=1, default=str)
-    return {"assets": assets, "summary": summary}
+        json.dump({"provenance": provenance, "summary": summary, "summary_by_kind": by_kind, "assets": assets},
+                  f, indent=1, default=str)
+    return {"assets": assets, "summary": summary, "summary_by_kind": by_kind, "provenance": provenance}
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from threestudio_like.models.builders import make_ddim_scheduler
+from threestudio_like.utils.progress import track
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def ddim_sample(
     scheduler = make_ddim_scheduler(num_train_timesteps)
     scheduler.set_timesteps(num_inference_steps)
     latents = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
-    for t in scheduler.timesteps:
+    for t in track(scheduler.timesteps, "sample: DDIM step"):
         t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         eps = predict_noise(latents, t_batch).float()
         latents = scheduler.step(eps, t, latents, eta=eta).prev_sample

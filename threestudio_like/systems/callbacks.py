@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import Callback
 
 from threestudio_like.errors import DiskFullError
 from threestudio_like.run_status import RunStatus
+from threestudio_like.utils.progress import Progress, format_duration
 
 
 def _fsync_file(path: str) -> None:
@@ -106,23 +107,34 @@ class AtomicCheckpoint(Callback):
 
 
 class StepProgress(Callback):
-    """A progress bar over training *steps* with step/s, ETA and the loss.
+    """A progress bar over training *steps* with step/s, ETA and the loss, then progress lines for
+    validation, the turntable and the export (:mod:`threestudio_like.utils.progress`).
 
-    On a terminal it is a live rich bar; otherwise (logs, CI) it prints one line every
-    ``print_every`` steps so that progress is still visible.
+    On a terminal training is a live rich bar; otherwise (logs, CI) it prints one line every
+    ``print_every`` steps. The training ETA adds the turntable that follows, estimated from the
+    time validation took per view (the same renderer at the same size).
     """
 
-    def __init__(self, print_every: int = 50, frame_every: int = 20) -> None:
+    def __init__(self, print_every: int = 50) -> None:
         self.print_every = print_every
-        self.frame_every = frame_every
         self.progress = None
         self.task = None
         self.start_time = 0.0
         self.start_step = 0
+        self.phase: Optional[Progress] = None
+        self._view_started = 0.0
+        self._view_seconds: list = []
 
     def _loss(self, trainer: pl.Trainer) -> str:
         value = trainer.callback_metrics.get("train/loss")
         return f"{float(value):.4g}" if value is not None else "-"
+
+    def turntable_estimate(self, trainer: pl.Trainer) -> Optional[float]:
+        """Seconds the turntable will take: views times the mean seconds per validation view."""
+        views = getattr(getattr(trainer.datamodule, "cfg", None), "n_test_views", None) if trainer.datamodule else None
+        if not views or not self._view_seconds:
+            return None
+        return float(views) * sum(self._view_seconds) / len(self._view_seconds)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.start_time = time.time()
@@ -149,15 +161,49 @@ class StepProgress(Callback):
             self.progress.update(self.task, completed=step, rate=f"{rate:.2f}", loss=self._loss(trainer))
         elif step % self.print_every == 0 or step == trainer.max_steps:
             remaining = (trainer.max_steps - step) / rate if rate > 0 and trainer.max_steps > 0 else float("nan")
-            print(f"step {step}/{trainer.max_steps}  {rate:.2f} step/s  ETA {remaining:.0f}s  "
+            after = self.turntable_estimate(trainer)
+            then = f" (then turntable ~{format_duration(after)} and export)" if after is not None else ""
+            print(f"step {step}/{trainer.max_steps}  {rate:.2f} step/s  ETA {remaining:.0f}s{then}  "
                   f"loss {self._loss(trainer)}", flush=True)
+
+    # -- evaluation passes: timed per view, reported as progress lines -----------------------
+    def _open(self, label: str, totals: Any) -> None:
+        self._close()
+        self.phase = Progress(label, int(sum(totals)) if totals else None)
+
+    def _close(self) -> None:
+        if self.phase is not None:
+            self.phase.close()
+            self.phase = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not trainer.training:
+            self._open("validate: view", trainer.num_val_batches)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._view_started = time.time()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._view_seconds = (self._view_seconds + [time.time() - self._view_started])[-16:]
+        if self.phase is not None:
+            self.phase.update()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not trainer.training:
+            self._close()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._open("turntable: frame", trainer.num_test_batches)
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        total = trainer.num_test_batches[0] if trainer.num_test_batches else 0
-        done = batch_idx + 1
-        if done % self.frame_every == 0 or done == total:
-            print(f"turntable frame {done}/{total}", flush=True)
+        if self.phase is not None:
+            self.phase.update()
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._close()
 
     def _stop(self) -> None:
         if self.progress is not None:
@@ -169,6 +215,7 @@ class StepProgress(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         self._stop()
+        self.phase = None
 
 
 class TrialRecord(Callback):
