@@ -180,6 +180,9 @@ def test_serve_help_and_bad_folder():
     env = {**os.environ, "PYTHONPATH": REPO_ROOT}
     helped = subprocess.run(run + ["--help"], check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert "--serve" in helped.stdout and "--validate-gltf" in helped.stdout
+    for tool in ("--serve", "--preview-assets", "--validate-gltf"):
+        own = subprocess.run(run + [tool, "--help"], check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert own.returncode == 0 and f"launch.py {tool}" in own.stdout, own.stderr
     bad = subprocess.run(run + ["--serve", "no/such/folder"], check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "error: --serve: no/such/folder is not a folder" in bad.stderr
 

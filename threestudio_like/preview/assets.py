@@ -165,6 +165,10 @@ def assets_main(argv: Sequence[str]) -> int:
     """``--preview-assets [--force | --where]``: install the pinned npm packages (again with
     ``--force``); ``--where`` only prints the folder."""
     args: List[str] = [a for a in argv if a != "--preview-assets"]
+    if "-h" in args or "--help" in args:
+        print("usage: launch.py --preview-assets [--force | --where]\n  npm ci of the pinned preview tools "
+              f"({', '.join(pinned_versions())}) into {web_dir()}; --where only prints that folder")
+        return 0
     if "--where" in args:
         print(web_dir())
         return 0

@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """``--serve FOLDER [--port N]``."""
+    """``--serve FOLDER [--port N]`` (``--serve --help``: the options)."""
+    if "-h" in argv or "--help" in argv:
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(list(argv))
     try:
         return serve(args.serve, args.port)

@@ -100,8 +100,12 @@ def validate_main(argv: Sequence[str]) -> int:
     """``--validate-gltf FILE...``: print each report's summary; exit 1 when a file has errors, 2
     when one could not be validated (missing, or no validator)."""
     files = [a for a in argv if a != "--validate-gltf"]
+    usage = "usage: launch.py --validate-gltf FILE.glb [FILE.glb ...]  (Khronos glTF validator; exit 1 on errors)"
+    if "-h" in files or "--help" in files:
+        print(usage)
+        return 0
     if not files or any(f.startswith("-") for f in files):
-        print("usage: launch.py --validate-gltf FILE.glb [FILE.glb ...]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     worst = 0
     for name in files:
