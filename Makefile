@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install bench clean wheel
+.PHONY: demo test install bench clean wheel preview-assets
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed: setup.py constraints-cpu.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# The 3D preview's viewer (@google/model-viewer) and the glTF validator, pinned in
+# threestudio_like/preview/npm/, installed by npm into a cache outside the repository.
+preview-assets: install
+	$(PY) launch.py --preview-assets
 
 demo: install
 	$(PY) launch.py --config demo.yaml --train

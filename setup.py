@@ -20,7 +20,10 @@ setup(
     # ``--config configs/demo.yaml`` and ``./configs/`` lookups work in a checkout) is installed as
     # threestudio_like/_recipes/, the last place ``--config NAME`` looks (threestudio_like/config.py).
     package_dir={RECIPES_PACKAGE: "configs"},
-    package_data={RECIPES_PACKAGE: ["*.yaml"]},
+    # The preview's pinned npm project (installed into a cache by --preview-assets) and the
+    # Node.js script that runs the glTF validator.
+    package_data={RECIPES_PACKAGE: ["*.yaml"],
+                  "threestudio_like.preview": ["npm/package.json", "npm/package-lock.json", "validate.cjs"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",

@@ -214,6 +214,17 @@ def test_empty_batch_renders():
     assert "<main" in page and "card" not in page.split("<main", 1)[1].split("</main>")[0]
 
 
+def test_gallery_links_the_batch_preview(synthetic_batch):
+    """The gallery writes ``preview.html`` beside it (every asset in 3D) and links each GLB's view."""
+    index = _parse((synthetic_batch / "index.html").read_text())
+    assert [a["href"] for a in index.of("a", "preview")] == ["preview.html#asset-corgi"]
+    preview = _parse((synthetic_batch / "preview.html").read_text())
+    assert [a["data-asset"] for a in preview.of("article", "asset")] == ["corgi"]
+    (viewer,) = preview.of("model-viewer")
+    assert viewer["src"] == "trials/corgi/save/it600-export/model.glb"
+    assert assert_links_resolve(synthetic_batch, preview) >= 5
+
+
 @pytest.mark.skipif(not chromium(), reason="chromium is not on PATH (Debian: apt-get install chromium)")
 def test_gallery_in_headless_chromium(synthetic_batch):
     check_gallery_in_chromium(synthetic_batch, n_cards=3, n_videos=1)

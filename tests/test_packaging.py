@@ -179,5 +179,9 @@ def test_wheel_installs_with_recipes_and_trains_the_demo(tmp_path):
     trial = elsewhere / "outputs" / "demo" / "reference-object"
     assert (trial / "ckpts" / "last.ckpt").is_file()
     assert (trial / "configs" / "parsed.yaml").is_file()
+    assert (trial / "save" / "preview.html").is_file()  # the run's 3D preview page
+    # the preview's pinned npm project and validator script ship in the wheel
+    assert cli("--preview-assets", "--where").returncode == 0
+    assert (Path(where.strip()).parent / "preview" / "validate.cjs").is_file()
     done = time.perf_counter()
     print(f"\nwheel build + install: {installed - started:.1f} s; 2-step demo: {done - installed:.1f} s")

@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 from threestudio_like.errors import ConfigError, ThreestudioLikeError, category_of, exit_code_of
+from threestudio_like.preview.page import write_run_preview
 from threestudio_like.run_status import ENV_STATUS_FILE, STATUS_FILE, RunStatus, describe
 from threestudio_like.utils.progress import use_status
 
@@ -34,6 +35,11 @@ USAGE_EXAMPLES = """examples:
   python launch.py --bench lab --seeds 0,1,2      (Janus on the reference-object lab: CPU, known answer)
   python launch.py --recipes                      (the recipes this install ships)
   python launch.py --show-config demo.yaml [key=value ...]   (a recipe's full, resolved config)
+  python launch.py --serve outputs/<name>/<trial>/save [--port 8000]
+                                                  (serve a run's or a batch's folder on 127.0.0.1 and open
+                                                   the printed preview.html: the assets in 3D, turntables)
+  python launch.py --preview-assets               (install the pinned 3D viewer and glTF validator from npm)
+  python launch.py --validate-gltf model.glb      (Khronos glTF validator report; exit 1 on errors)
 """
 
 # --bench NAME: (module, function, what it runs); the function takes the remaining argv.
@@ -44,6 +50,12 @@ BENCHES = {
     "janus-lab": ("threestudio_like.janus.lab", "lab_main", "same as lab"),
 }
 MODES = ("train", "validate", "test", "export", "sample")
+# Tools with their own arguments: flag -> (module, function taking the whole argv).
+TOOLS = {
+    "--serve": ("threestudio_like.preview.serve", "serve_main"),
+    "--preview-assets": ("threestudio_like.preview.assets", "assets_main"),
+    "--validate-gltf": ("threestudio_like.preview.validate", "validate_main"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +140,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return bench_main(argv)
     if "--convert" in argv:
         return convert_main(argv)
+    tool = next((TOOLS[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in TOOLS), None)
+    if tool is not None:
+        import importlib
+
+        return int(getattr(importlib.import_module(tool[0]), tool[1])(argv))
     if any(a in ("--recipes", "--show-config") or a.startswith("--show-config=") for a in argv):
         from threestudio_like.config import load_config
         from threestudio_like.recipes import recipes_main
@@ -232,6 +249,7 @@ def run(cfg: Any, mode: str, argv: Sequence[str]) -> int:
                 print(f"Samples written: {path}")
             else:
                 _run_lightning(cfg, mode, argv, status)
+                write_run_preview(trial, status)
                 print(f"Done. Outputs in {trial}")
         status.finish()
         return 0

@@ -16,7 +16,7 @@ reader sees a whole file at any moment. Fields:
   same command would fail the same way; ``phase``: where it failed;
   ``exit_code`` once the command has ended;
 * ``outputs``: files the run wrote, relative to the trial folder (``checkpoint``, ``video``,
-  ``meshes`` by format, ``validation`` images, ``samples``).
+  ``meshes`` by format, ``validation`` images, ``samples``, ``preview``: the 3D preview page).
 
 A supervisor that needs the status of a run that may fail before its trial folder is known (a
 config that does not load) sets ``$THREESTUDIO_LIKE_STATUS_FILE``; the command line writes there

@@ -5,7 +5,8 @@ inline CSS and a few lines of inline script, and only *relative* links into the 
 (turntable videos, thumbnails, meshes, logs, configs), so the folder can be copied or moved
 as a whole. Per asset it shows the prompt (or the input image), recipe, seed, time taken,
 final loss, steps and attempts, the turntable video (plays on hover), a thumbnail and links
-to ``.glb/.obj/.ply``; failed jobs show their error and a link to their log. A trial's outputs,
+to ``.glb/.obj/.ply`` and to the job's 3D view in ``preview.html`` (:mod:`threestudio_like.preview`,
+written beside it); failed jobs show their error and a link to their log. A trial's outputs,
 steps and final loss come from its ``status.json`` (what the run recorded writing them); only a
 trial without one is scanned by file names.
 
@@ -27,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from threestudio_like.batch.state import BatchState
+from threestudio_like.preview.page import PAGE_NAME, write_batch_preview
 from threestudio_like.run_status import read_status
 from threestudio_like.utils.files import atomic_write_text
 
@@ -376,6 +378,8 @@ def _card(job: Dict[str, Any]) -> str:
                      + "<br>".join(_e(o) for o in job["overrides"]) + "</code></details>")
     links = [f'<a class="model" href="{_u(job["meshes"][fmt])}" download>{fmt.upper()}</a>'
              for fmt in MESH_FORMATS if job["meshes"].get(fmt)]
+    if job["meshes"].get("glb"):
+        links.append(f'<a class="preview" href="{PAGE_NAME}#asset-{_u(str(job["id"]))}">3D view</a>')
     if job.get("video"):
         links.append(f'<a class="video" href="{_u(job["video"])}">video</a>')
     for label, key in (("log", "log"), ("config", "config_file")):
@@ -431,4 +435,5 @@ def write_gallery(state: BatchState) -> Tuple[Path, Path]:
     summary_path = state.batch_dir / "summary.json"
     atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
     atomic_write_text(index, render_html(summary))
+    write_batch_preview(state.batch_dir, summary["jobs"], f"batch {summary['batch']}: 3D preview")
     return index, summary_path
