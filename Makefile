@@ -21,7 +21,10 @@ install: $(VENV)/.installed
 preview-assets: install
 	$(PY) launch.py --preview-assets
 
+# The demo also fetches the 3D viewer for save/preview.html when npm is there (never fatal:
+# without it the page shows the turntable and links, and says how to add the viewer).
 demo: install
+	-@command -v npm >/dev/null 2>&1 && $(PY) launch.py --preview-assets || echo "note: no 3D viewer for the preview page (needs npm; see make preview-assets)"
 	$(PY) launch.py --config demo.yaml --train
 
 test: install
