@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,6 +77,7 @@ def known_answer_ious(trial: str, step: int = 300):
     truth = ReferenceObjectGeometry({}).occupancy
     path = os.path.join(trial, "save", f"it{step}-export", "model.ply")
     mesh = trimesh.load(path, force="mesh", process=False)
+    mesh.vertices = to_world_frame(np.asarray(mesh.vertices), "y")
     untrained = find("hashgrid-implicit-volume")(
         {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
          "isosurface_resolution": 64, "isosurface_threshold": 5.0,

@@ -136,8 +136,10 @@ class ReferenceObjectGeometry(BaseModule):
     def export(self, points: Tensor) -> Dict[str, Tensor]:
         return {"features": self.colour(points, self.sdf(points)[1])}
 
-    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None):
-        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``)."""
+    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None,
+                   on_miss: str = "raise", with_level: bool = False):
+        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``; ``on_miss`` and
+        ``with_level`` as :func:`~threestudio_like.geometry.isosurface.marching_cubes`)."""
         r = self.cfg.radius
         return marching_cubes(
             lambda x: self.forward_density(x)[..., 0],
@@ -145,4 +147,6 @@ class ReferenceObjectGeometry(BaseModule):
             (-r, -r, -r),
             (r, r, r),
             self.cfg.isosurface_threshold if threshold is None else threshold,
+            on_miss=on_miss,
+            with_level=with_level,
         )
