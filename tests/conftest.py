@@ -67,10 +67,12 @@ TINY_OVERRIDES = [
 
 def known_answer_ious(trial: str, step: int = 300):
     """Volume IoU at 64^3 against the reference object: of a trial's exported mesh, and of the
-    untrained density blob the recipes start from (the bar a real reconstruction must clear)."""
+    untrained density blob the recipes start from (the bar a real reconstruction must clear). The
+    PLY is written +Y up (the exporter's default ``up_axis``): it is turned back into the world."""
     import trimesh
 
     from threestudio_like import find
+    from threestudio_like.export.frames import to_world_frame
     from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
     from threestudio_like.reference.object import ReferenceObjectGeometry
 

@@ -9,7 +9,6 @@ from typing import Optional
 
 import numpy as np
 import pytest
-import torch
 
 from threestudio_like import find
 from threestudio_like.errors import ConfigError, IsosurfaceError
@@ -101,21 +100,8 @@ def test_obj_and_ply_follow_up_axis(tmp_path, reference):
 
 
 # ------------------------------------------------------------------------------------ clean-up
-class _NoisyObject(ReferenceObjectGeometry):
-    """The reference object with a rippled surface and three floating blobs."""
-
-    FLOATERS = ((0.75, 0.7, 0.7, 0.07), (-0.7, -0.7, -0.6, 0.05), (0.0, 0.75, -0.75, 0.06))
-
-    def forward_density(self, points: torch.Tensor) -> torch.Tensor:
-        sdf, _ = self.sdf(points)
-        ripple = 0.012 * torch.sin(37 * points[..., 0]) * torch.sin(41 * points[..., 1]) * torch.sin(29 * points[..., 2])
-        for x, y, z, r in self.FLOATERS:
-            sdf = torch.minimum(sdf, (points - points.new_tensor((x, y, z))).norm(dim=-1) - r)
-        return (self.cfg.density_scale * torch.sigmoid(-(sdf + ripple) / self.cfg.softness))[..., None]
-
-
 def test_cleanup_drops_floaters_and_decimates_without_losing_the_shape():
-    noisy = _NoisyObject({})
+    noisy = ReferenceObjectGeometry({"ripple": 0.012, "floaters": True})
     verts, faces = (t.numpy() for t in noisy.isosurface(resolution=64))
     import trimesh
 
@@ -177,7 +163,7 @@ def _stand_in_baker(vertices, faces, colour_fn, texture_size=1024, padding=4, no
 
 @pytest.fixture()
 def textured_export(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(mesh_exporter, "_import_baker", lambda: _stand_in_baker)
+    monkeypatch.setattr(mesh_exporter, "import_baker", lambda: _stand_in_baker)
     exporter = MeshExporter({"isosurface_resolution": 32, "target_faces": 0})
     paths = exporter(*reference, str(tmp_path))
     return exporter, paths, tmp_path
@@ -188,11 +174,12 @@ def _is(rgb: np.ndarray, colour) -> np.ndarray:
 
 
 def test_glb_texture_is_right_way_up(textured_export):
-    import trimesh
-    from PIL import Image
     import io
 
-    exporter, paths, folder = textured_export
+    import trimesh
+    from PIL import Image
+
+    exporter, _, folder = textured_export
     assert exporter.last_report.textured
     gltf, blob = formats.read_glb(str(folder / "model.glb"))
     prim = gltf["meshes"][0]["primitives"][0]
@@ -263,6 +250,19 @@ def test_ply_keeps_vertex_colours(textured_export, reference):
     assert _near(rgb[front][None], NOSE, 0.1)[0]
 
 
+def test_a_failing_baker_falls_back_to_vertex_colours(tmp_path, reference, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("atlas too small")
+
+    monkeypatch.setattr(mesh_exporter, "import_baker", lambda: broken)
+    exporter = MeshExporter({"formats": ["glb"], "isosurface_resolution": 24})
+    (path,) = exporter(*reference, str(tmp_path))
+    assert not exporter.last_report.textured
+    assert "texture baking failed (RuntimeError: atlas too small)" in capsys.readouterr().out
+    gltf, _ = formats.read_glb(path)
+    assert "COLOR_0" in gltf["meshes"][0]["primitives"][0]["attributes"]
+
+
 # -------------------------------------------------------------------------- a level that misses
 def test_a_density_below_the_threshold_still_exports_every_format(tmp_path, capsys):
     faint = ReferenceObjectGeometry({"density_scale": 8.0, "isosurface_threshold": 100.0})
@@ -320,4 +320,6 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 
     with pytest.raises(OSError):
         formats.replace_into(path, broken)
-    assert open(path).read() == "old" and not os.path.exists(path + ".tmp")
+    with open(path) as f:
+        assert f.read() == "old"
+    assert not os.path.exists(path + ".tmp")

@@ -179,7 +179,7 @@ def clean_mesh(
     ``target_faces`` (0: none); returns ``(vertices, faces, report)``."""
     faces = np.asarray(faces, dtype=np.int64)
     faces_before = len(faces)
-    verts, faces, comps_before, comps_kept, share = keep_largest(vertices, faces, keep_share, measure)
+    verts, faces, comps_before, _, share = keep_largest(vertices, faces, keep_share, measure)
     n_holes = 0
     if holes:
         verts, faces, n_holes = fill_holes(verts, faces)

@@ -34,7 +34,7 @@ from threestudio_like.export.frames import UpAxis, to_export_frame
 FormatChoice = Literal["all", "glb", "obj", "ply", "usdz"]
 
 
-def _import_baker() -> Optional[Callable[..., Any]]:
+def import_baker() -> Optional[Callable[..., Any]]:
     """``bake_texture`` of the texture baker, or None where it is not installed."""
     try:
         from threestudio_like.export.texture import bake_texture  # type: ignore[import-not-found]
@@ -204,19 +204,24 @@ class MeshExporter(BaseObject):
         return [paths[0] for paths in files.values()]
 
     def bake(self, verts: np.ndarray, faces: np.ndarray, geometry: Any, material: Any, notes: List[str]) -> Any:
-        """The baked texture (``BakedTexture``) or None: not asked, or no baker installed."""
+        """The baked texture (``BakedTexture``) or None: not asked, no baker installed, or the
+        bake failed (a note says which; the export goes on with vertex colours)."""
         if not self.cfg.bake_texture:
             return None
-        bake_texture = _import_baker()
+        bake_texture = import_baker()
         if bake_texture is None:
             notes.append("no texture baker installed (threestudio_like.export.texture): vertex colours only")
             return None
         device = next(iter(geometry.parameters()), torch.empty(0)).device
-        return bake_texture(
-            verts.astype(np.float32), faces.astype(np.int64), lambda p: self.albedo(p, geometry, material),
-            texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
-            chunk=self.cfg.color_chunk,
-        )
+        try:
+            return bake_texture(
+                verts.astype(np.float32), faces.astype(np.int64), lambda p: self.albedo(p, geometry, material),
+                texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
+                chunk=self.cfg.color_chunk,
+            )
+        except Exception as exc:  # a finished run keeps its mesh: fall back to vertex colours, say why
+            notes.append(f"texture baking failed ({type(exc).__name__}: {exc}); vertex colours only")
+            return None
 
     @staticmethod
     def frame_mesh(verts: np.ndarray, faces: np.ndarray, normals: np.ndarray, colours: np.ndarray,
