@@ -119,6 +119,19 @@ def test_cleanup_drops_floaters_and_decimates_without_losing_the_shape():
     assert cleanup.clean_mesh(verts, faces, keep_share=1.0, target_faces=0)[2].components_after == 4
 
 
+def test_slivers_pinched_off_by_decimation_are_dropped(monkeypatch):
+    import trimesh
+
+    body, sliver = trimesh.creation.icosphere(subdivisions=3), trimesh.creation.icosphere(subdivisions=0, radius=0.05)
+    sliver.vertices += [2.0, 0, 0]
+    both = trimesh.util.concatenate([body, sliver])
+
+    monkeypatch.setattr(cleanup, "decimate", lambda v, f, target: (np.asarray(both.vertices), np.asarray(both.faces)))
+    v, f, report = cleanup.clean_mesh(np.asarray(body.vertices), np.asarray(body.faces), target_faces=100)
+    assert report.decimated and report.components_before == 1 and report.components_after == 1
+    assert len(f) == len(body.faces)
+
+
 def test_fill_holes_closes_a_cut_mesh(reference):
     verts, faces = (t.numpy() for t in reference[0].isosurface(resolution=32))
     cut = faces[verts[faces][:, :, 2].mean(1) < 0.3]  # slice off the top of the head
