@@ -127,7 +127,7 @@ def test_slivers_pinched_off_by_decimation_are_dropped(monkeypatch):
     both = trimesh.util.concatenate([body, sliver])
 
     monkeypatch.setattr(cleanup, "decimate", lambda v, f, target: (np.asarray(both.vertices), np.asarray(both.faces)))
-    v, f, report = cleanup.clean_mesh(np.asarray(body.vertices), np.asarray(body.faces), target_faces=100)
+    _, f, report = cleanup.clean_mesh(np.asarray(body.vertices), np.asarray(body.faces), target_faces=100)
     assert report.decimated and report.components_before == 1 and report.components_after == 1
     assert len(f) == len(body.faces)
 

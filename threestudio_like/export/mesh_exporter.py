@@ -219,7 +219,7 @@ class MeshExporter(BaseObject):
                 texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
                 chunk=self.cfg.color_chunk,
             )
-        except Exception as exc:  # a finished run keeps its mesh: fall back to vertex colours, say why
+        except Exception as exc:  # noqa: BLE001 - a finished run keeps its mesh: vertex colours, and why
             notes.append(f"texture baking failed ({type(exc).__name__}: {exc}); vertex colours only")
             return None
 
