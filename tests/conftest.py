@@ -53,6 +53,7 @@ TINY_OVERRIDES = [
     "system.geometry.pos_encoding_config.log2_hashmap_size=10",
     "system.geometry.mlp_network_config.n_neurons=8",
     "system.geometry.isosurface_resolution=32",
+    "system.exporter.texture_size=64",
     "system.geometry.isosurface_threshold=auto",
     "system.renderer.num_samples_per_ray=32",
     "system.guidance.resolution=16",
