@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,7 @@ TINY_OVERRIDES = [
     "system.geometry.pos_encoding_config.log2_hashmap_size=10",
     "system.geometry.mlp_network_config.n_neurons=8",
     "system.geometry.isosurface_resolution=32",
+    "system.exporter.texture_size=64",
     "system.geometry.isosurface_threshold=auto",
     "system.renderer.num_samples_per_ray=32",
     "system.guidance.resolution=16",
@@ -66,16 +68,19 @@ TINY_OVERRIDES = [
 
 def known_answer_ious(trial: str, step: int = 300):
     """Volume IoU at 64^3 against the reference object: of a trial's exported mesh, and of the
-    untrained density blob the recipes start from (the bar a real reconstruction must clear)."""
+    untrained density blob the recipes start from (the bar a real reconstruction must clear). The
+    PLY is written +Y up (the exporter's default ``up_axis``): it is turned back into the world."""
     import trimesh
 
     from threestudio_like import find
+    from threestudio_like.export.frames import to_world_frame
     from threestudio_like.export.mesh_exporter import MeshExporter, volume_iou
     from threestudio_like.reference.object import ReferenceObjectGeometry
 
     truth = ReferenceObjectGeometry({}).occupancy
     path = os.path.join(trial, "save", f"it{step}-export", "model.ply")
     mesh = trimesh.load(path, force="mesh", process=False)
+    mesh.vertices = to_world_frame(np.asarray(mesh.vertices), "y")
     untrained = find("hashgrid-implicit-volume")(
         {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
          "isosurface_resolution": 64, "isosurface_threshold": 5.0,

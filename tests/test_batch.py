@@ -91,7 +91,7 @@ def test_validator_names_job_and_field(tmp_path):
         "job 7, field 'overrides': 'seed' is set by the batch runner",
         "job 7, field 'overrides': 'no-equals' is not of the form key=value",
         "Did you mean 'trainer.max_steps'?",
-        "job 8, field 'export': formats must be among obj, glb, ply",
+        "job 8, field 'export': formats must be among all, glb, obj, ply, usdz",
         "job 8, field 'timeout': expected seconds > 0",
         "job 9 (\"fine\"), field 'name': 'fine' is already the name of job 1",
     ]

@@ -335,7 +335,8 @@ TINY = [
     "data.random_camera.eval_height=16", "data.random_camera.eval_width=16",
     "data.random_camera.n_val_views=1", "data.random_camera.n_test_views=2",
     "system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=10",
-    "system.geometry.isosurface_resolution=32", "system.renderer.num_samples_per_ray=32",
+    "system.geometry.isosurface_resolution=32",
+    "system.exporter.texture_size=64", "system.renderer.num_samples_per_ray=32",
     "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
     "system.test_fps=4", "trainer.log_every_n_steps=1",
 ]

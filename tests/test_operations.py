@@ -235,6 +235,7 @@ def test_export_from_a_trial_needs_no_repeated_inputs(tmp_path, capsys):
             "data.random_camera.eval_height=8", "data.random_camera.eval_width=8", "data.random_camera.n_val_views=1",
             "data.random_camera.n_test_views=2", "system.guidance.resolution=8", "system.renderer.num_samples_per_ray=16",
             "system.guidance.num_samples_per_ray=16", "system.geometry.isosurface_resolution=16",
+            "system.exporter.texture_size=64",
             "system.geometry.isosurface_threshold=auto", "trainer.max_steps=2", "trainer.val_check_interval=2",
             "checkpoint.every_n_train_steps=2", "system.test_fps=4"]
     assert main(["--config", "demo-sjc.yaml", "--train", f"image={tmp_path / 'cube.png'}",

@@ -230,6 +230,7 @@ def test_sjc_from_the_front_render_reproduces_the_reference_object(tmp_path):
     args = ["--config", "demo-sjc.yaml", "--train", f"image={image}", f"exp_root_dir={tmp_path}",
             "trainer.max_steps=300", "data.random_camera.n_test_views=4", "data.random_camera.eval_height=32",
             "data.random_camera.eval_width=32", "system.geometry.isosurface_resolution=64",
+            "system.exporter.texture_size=64",
             "checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=1000"]
     assert main(args) == 0
     (trial,) = glob.glob(os.path.join(str(tmp_path), "demo-sjc", "*"))

@@ -10,6 +10,7 @@ import torch
 
 from threestudio_like.cli import main
 from threestudio_like.guidance.reference_object import ReferenceObjectGuidance
+from threestudio_like.run_status import read_status
 
 from conftest import TINY_OVERRIDES
 
@@ -108,6 +109,26 @@ def test_test_and_export_from_checkpoint(tmp_path):
 
     mesh = trimesh.load(os.path.join(trial, "save", "it4-export", "model.ply"), force="mesh", process=False)
     assert len(mesh.faces) > 0 and mesh.visual.kind == "vertex"
+    status = read_status(trial)
+    assert set(status["outputs"]["meshes"]) == {"glb", "obj", "ply", "usdz"}
+    assert status["export"]["cleanup"]["faces_after"] == len(mesh.faces)
+    assert status["export"]["level"]["source"] == "auto"  # the tiny runs' threshold=auto was crossed
+    assert not any("isosurface" in note for note in status["notes"])
+
+
+def test_export_with_a_threshold_never_crossed_still_finishes(tmp_path, capsys):
+    """A density that never reaches the configured level is exported at a fitted level; the log
+    and the run's status say so, and every format is written."""
+    assert _train(tmp_path, "system.geometry.isosurface_threshold=1000000") == 0
+    trial = _trial(tmp_path)
+    out = capsys.readouterr().out
+    assert "note: the density never crosses the isosurface threshold 1e+06" in out
+    status = read_status(trial)
+    assert status["state"] == "finished" and status["exit_code"] == 0
+    assert status["export"]["level"]["source"] in ("opacity-matched", "positive-mean")
+    assert any("never crosses the isosurface threshold" in note for note in status["notes"])
+    for fmt in ("glb", "obj", "ply", "usdz"):
+        assert os.path.isfile(os.path.join(trial, status["outputs"]["meshes"][fmt])), fmt
 
 
 def test_config_errors_fail_before_any_work(tmp_path, capsys):

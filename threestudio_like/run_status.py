@@ -16,7 +16,11 @@ reader sees a whole file at any moment. Fields:
   same command would fail the same way; ``phase``: where it failed;
   ``exit_code`` once the command has ended;
 * ``outputs``: files the run wrote, relative to the trial folder (``checkpoint``, ``video``,
-  ``meshes`` by format, ``validation`` images, ``samples``, ``preview``: the 3D preview page).
+  ``meshes`` by format, ``validation`` images, ``samples``, ``preview``: the 3D preview page);
+* ``notes``: what the user should know although the run succeeded (e.g. the isosurface level
+  was chosen automatically because the configured one was never crossed);
+* ``export``: the last mesh export's report (isosurface level, faces and components before and
+  after clean-up, whether textured, files per format, seconds per phase).
 
 A supervisor that needs the status of a run that may fail before its trial folder is known (a
 config that does not load) sets ``$THREESTUDIO_LIKE_STATUS_FILE``; the command line writes there
@@ -80,6 +84,7 @@ class RunStatus:
             "error": None,
             "exit_code": None,
             "outputs": {},
+            "notes": [],
         }
 
         previous = read_status(self.path)  # a resumed or re-exported trial keeps its outputs
@@ -122,6 +127,21 @@ class RunStatus:
             outputs[kind] = rel
         else:
             outputs.setdefault(kind, {})[key] = rel
+        self.write()
+
+    def add_note(self, text: str) -> None:
+        """Record something the user should know about an otherwise successful run."""
+        self.data.setdefault("notes", []).append(str(text))
+        self.write()
+
+    def record_export(self, report: Dict[str, Any]) -> None:
+        """Record a mesh export's report (its file paths made relative to the trial folder) and
+        its notes."""
+        report = dict(report)
+        files = report.get("files") or {}
+        report["files"] = {fmt: [self.relative(p) for p in paths] for fmt, paths in files.items()}
+        self.data["export"] = report
+        self.data.setdefault("notes", []).extend(report.get("notes") or [])
         self.write()
 
     def relative(self, path: Union[str, Path]) -> str:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from threestudio_like.config import ALIASES
 from threestudio_like.errors import did_you_mean
+from threestudio_like.export.formats import FORMATS
 
 TOP_KEYS = ("name", "output_dir", "defaults", "jobs")
 SETTING_KEYS = ("config", "overrides", "seed", "seeds", "export", "retries", "retry_delay",
@@ -25,7 +26,7 @@ SETTING_KEYS = ("config", "overrides", "seed", "seeds", "export", "retries", "re
 JOB_KEYS = ("name", "prompt", "image") + SETTING_KEYS
 # Config keys the runner sets itself (each job gets a fixed trial directory and its seed field).
 RUNNER_KEYS = ("trial_dir", "exp_root_dir", "resume", "use_timestamp", "timestamp", "seed")
-EXPORT_FORMATS = ("obj", "glb", "ply")
+EXPORT_FORMATS = ("all",) + FORMATS
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 

@@ -1,13 +1,25 @@
-"""Mesh export: marching cubes over the density field, vertex colours from the colour field.
+"""Mesh export: the density's isosurface, cleaned, coloured (or UV-textured) and written as
+GLB, OBJ (+MTL, PNG), PLY and USDZ.
 
-Meshes are written by trimesh in the world frame of the project (z up, front at +x) as
-``.obj`` (vertex colours), ``.glb`` and ``.ply``.
+The pipeline, one phase each (timed in :class:`ExportReport`):
+
+1. **isosurface**: marching cubes of the geometry's density at the configured level; where the
+   density never crosses it, another level is chosen (``on_threshold_miss: fit``, see
+   :mod:`threestudio_like.geometry.isosurface`) and the run says so instead of failing;
+2. **cleanup**: floaters off, holes closed, quadric decimation (:mod:`.cleanup`);
+3. **colours**: the material's albedo at every vertex (material-free base colour);
+4. **texture**: a UV atlas and a baked base-colour image where ``bake_texture`` is set and the
+   baker (``threestudio_like.export.texture``) is installed; vertex colours otherwise;
+5. **write**: each format in its own frame (:mod:`.frames`: GLB and USDZ +Y up with the front at
+   +Z; OBJ and PLY by ``up_axis``), each file through a ``.tmp`` and ``os.replace``
+   (:mod:`.formats`).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Literal, Optional
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -15,70 +27,234 @@ from torch import Tensor
 
 from threestudio_like import register
 from threestudio_like.base import BaseObject
-from threestudio_like.errors import at_least
+from threestudio_like.errors import ConfigError, at_least, in_range
+from threestudio_like.export import cleanup, formats
+from threestudio_like.export.frames import UpAxis, to_export_frame
 
-MeshFormat = Literal["obj", "glb", "ply"]
+FormatChoice = Literal["all", "glb", "obj", "ply", "usdz"]
+
+
+def import_baker() -> Optional[Callable[..., Any]]:
+    """``bake_texture`` of the texture baker, or None where it is not installed."""
+    try:
+        from threestudio_like.export.texture import bake_texture  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return bake_texture
+
+
+@dataclass
+class ExportReport:
+    """What an export did, as data: the system records it in the run's status."""
+
+    level: Dict[str, Any]
+    """The isosurface level used: requested, level, source, note."""
+    cleanup: Dict[str, Any]
+    """Faces and components before and after (:class:`.cleanup.CleanupReport`)."""
+    textured: bool
+    files: Dict[str, List[str]] = field(default_factory=dict)
+    """Files written per format (the main file first, then its companions)."""
+    seconds: Dict[str, float] = field(default_factory=dict)
+    """Wall time of each phase."""
+    notes: List[str] = field(default_factory=list)
+    """What the user should know: a replaced level, a skipped format, no texture baker."""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 @register("mesh-exporter")
 class MeshExporter(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
-        formats: List[MeshFormat] = field(default_factory=lambda: ["obj", "glb", "ply"])
-        """File formats to write (obj, glb, ply)."""
+        formats: List[FormatChoice] = field(default_factory=lambda: ["all"])
+        """Files to write: glb, obj (+mtl, png), ply, usdz, or all (usdz only where usd-core is installed)."""
         save_name: str = "model"
+        """File name stem of every written file."""
         isosurface_resolution: Optional[int] = None
         """Marching-cubes lattice size; None: the geometry's own setting."""
         isosurface_threshold: Optional[float] = None
         """Density level of the surface; None: the geometry's own setting."""
+        on_threshold_miss: Literal["fit", "raise"] = "fit"
+        """When the density never crosses the level: fit one to the rendered opacity, or fail."""
+        up_axis: UpAxis = "y"
+        """Frame of OBJ and PLY: y (+Y up, front +Z, as GLB) or z (z up, front +x, the world frame)."""
+        keep_volume_share: float = 0.95
+        """Keep the largest connected pieces holding this share of the volume (1: keep all)."""
+        keep_measure: Literal["volume", "area"] = "volume"
+        """What keep_volume_share measures: enclosed volume or surface area."""
+        fill_holes: bool = False
+        """Close boundary loops (open cuts at the box's faces) with fans."""
+        target_faces: int = 20000
+        """Quadric decimation to at most this many faces; 0: no decimation."""
+        bake_texture: bool = True
+        """UV-unwrap and bake a base-colour texture (needs the texture baker); else vertex colours."""
+        texture_size: int = 1024
+        """Texture width and height in pixels."""
+        texture_padding: int = 4
+        """Texels of seam padding (dilation) around each UV chart."""
         color_chunk: int = 262144
+        """Points per colour-field evaluation."""
 
         def validate(self) -> None:
             if self.isosurface_resolution is not None:
                 at_least("isosurface_resolution", self.isosurface_resolution, 2)
             at_least("color_chunk", self.color_chunk, 1)
+            at_least("target_faces", self.target_faces, 0)
+            at_least("texture_size", self.texture_size, 8)
+            at_least("texture_padding", self.texture_padding, 0)
+            in_range("keep_volume_share", self.keep_volume_share, 0, 1, open_low=True)
+            if not self.formats:
+                raise ConfigError("exporter formats is empty: list one or more of glb, obj, ply, usdz (or all).")
+            if "usdz" in self.formats and not formats.usd_available():
+                raise ConfigError(f"exporter formats asks for usdz, which needs usd-core: {formats.USDZ_EXTRA} "
+                                  f"(or leave usdz out of system.exporter.formats).")
 
     cfg: Config
 
+    def configure(self) -> None:
+        self.last_report: Optional[ExportReport] = None
+        """The report of the latest call (None before the first)."""
+
+    # ------------------------------------------------------------------ surface and colour
     def build_mesh(self, geometry: Any, material: Any) -> "trimesh.Trimesh":  # noqa: F821
-        """Extract the surface and colour its vertices."""
+        """The raw isosurface (world frame, no clean-up) with vertex colours."""
         import trimesh
 
         verts, faces = geometry.isosurface(
             resolution=self.cfg.isosurface_resolution, threshold=self.cfg.isosurface_threshold
         )
         colours = self.vertex_colours(verts, geometry, material)
-        rgba = np.concatenate([colours, np.full((len(colours), 1), 255, np.uint8)], axis=1)
         return trimesh.Trimesh(
-            vertices=verts.detach().cpu().numpy(),
-            faces=faces.detach().cpu().numpy(),
-            vertex_colors=rgba,
-            process=False,
+            vertices=verts.detach().cpu().numpy(), faces=faces.detach().cpu().numpy(),
+            vertex_colors=_rgba(colours), process=False,
         )
 
     @torch.no_grad()
-    def vertex_colours(self, verts: Tensor, geometry: Any, material: Any) -> np.ndarray:
+    def albedo(self, points: Tensor, geometry: Any, material: Any) -> Tensor:
+        """Base colour ``[N, 3]`` in [0, 1] at world ``points`` (on the geometry's device)."""
         out = []
         device = next(iter(geometry.parameters()), torch.empty(0)).device
-        for chunk in verts.split(self.cfg.color_chunk):
-            features = geometry.export(chunk.to(device))["features"]
-            albedo = material.export(features)["albedo"]
-            out.append(albedo[..., :3].clamp(0, 1).cpu())
-        rgb = torch.cat(out) if out else torch.zeros(0, 3)
+        for chunk in points.split(self.cfg.color_chunk):
+            features = geometry.export(chunk.to(device).float())["features"]
+            out.append(material.export(features)["albedo"][..., :3].clamp(0, 1))
+        return torch.cat(out) if out else torch.zeros(0, 3, device=device)
+
+    def vertex_colours(self, verts: Tensor, geometry: Any, material: Any) -> np.ndarray:
+        """sRGB bytes ``[V, 3]`` of the albedo at ``verts``."""
+        rgb = self.albedo(torch.as_tensor(verts), geometry, material).cpu()
         return (rgb.numpy() * 255 + 0.5).astype(np.uint8)
 
-    def __call__(self, geometry: Any, material: Any, out_dir: str) -> List[str]:
-        """Write the mesh in every configured format; returns the paths written."""
-        mesh = self.build_mesh(geometry, material)
-        os.makedirs(out_dir, exist_ok=True)
-        paths = []
+    def wanted_formats(self) -> List[str]:
+        """The formats to write, in order; ``all`` adds every format whose writer is installed."""
+        wanted: List[str] = []
         for fmt in self.cfg.formats:
-            path = os.path.join(out_dir, f"{self.cfg.save_name}.{fmt}")
-            tmp = path + ".tmp"
-            mesh.export(tmp, file_type=fmt)
-            os.replace(tmp, path)
-            paths.append(path)
-        return paths
+            for name in (formats.FORMATS if fmt == "all" else (fmt,)):
+                if name not in wanted and not (fmt == "all" and name == "usdz" and not formats.usd_available()):
+                    wanted.append(name)
+        return wanted
+
+    # ------------------------------------------------------------------ the export
+    def __call__(self, geometry: Any, material: Any, out_dir: str) -> List[str]:
+        """Write the mesh in every configured format; returns the main path of each format
+        (companions such as ``.mtl`` and ``.png`` are listed in :attr:`last_report`)."""
+        cfg = self.cfg
+        notes: List[str] = []
+        seconds: Dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[name] = round(now - clock, 3)
+            clock = now
+
+        verts_t, faces_t, level = geometry.isosurface(
+            resolution=cfg.isosurface_resolution, threshold=cfg.isosurface_threshold,
+            on_miss=cfg.on_threshold_miss, with_level=True,
+        )
+        if level.note:
+            notes.append(level.note)
+        lap("isosurface")
+        verts, faces, clean = cleanup.clean_mesh(
+            verts_t.detach().cpu().numpy(), faces_t.detach().cpu().numpy(), cfg.keep_volume_share,
+            cfg.keep_measure, cfg.fill_holes, cfg.target_faces,
+        )
+        print(clean.summary())
+        normals = cleanup.vertex_normals(verts, faces)
+        lap("cleanup")
+        colours = _rgba(self.vertex_colours(torch.from_numpy(verts), geometry, material))
+        lap("colours")
+        baked = self.bake(verts, faces, geometry, material, notes)
+        lap("texture")
+        wanted = self.wanted_formats()
+        if "all" in cfg.formats and not formats.usd_available():
+            notes.append(f"usdz skipped: usd-core is not installed ({formats.USDZ_EXTRA})")
+        for note in notes:
+            print(f"note: {note}")
+        meshes = {axis: self.frame_mesh(verts, faces, normals, colours, baked, axis) for axis in ("y", cfg.up_axis)}
+        plain = {axis: self.frame_mesh(verts, faces, normals, colours, None, axis) for axis in ("y", cfg.up_axis)}
+        os.makedirs(out_dir, exist_ok=True)
+        files: Dict[str, List[str]] = {}
+        for fmt in wanted:
+            path = os.path.join(out_dir, f"{cfg.save_name}.{fmt}")
+            files[fmt] = self.write(fmt, path, meshes, plain, out_dir)
+            lap(f"write {fmt}")
+        self.last_report = ExportReport(asdict(level), clean.as_dict(), baked is not None, files, seconds, notes)
+        return [paths[0] for paths in files.values()]
+
+    def bake(self, verts: np.ndarray, faces: np.ndarray, geometry: Any, material: Any, notes: List[str]) -> Any:
+        """The baked texture (``BakedTexture``) or None: not asked, no baker installed, or the
+        bake failed (a note says which; the export goes on with vertex colours)."""
+        if not self.cfg.bake_texture:
+            return None
+        bake_texture = import_baker()
+        if bake_texture is None:
+            notes.append("no texture baker installed (threestudio_like.export.texture): vertex colours only")
+            return None
+        device = next(iter(geometry.parameters()), torch.empty(0)).device
+        try:
+            return bake_texture(
+                verts.astype(np.float32), faces.astype(np.int64), lambda p: self.albedo(p, geometry, material),
+                texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
+                chunk=self.cfg.color_chunk,
+            )
+        except Exception as exc:  # noqa: BLE001 - a finished run keeps its mesh: vertex colours, and why
+            notes.append(f"texture baking failed ({type(exc).__name__}: {exc}); vertex colours only")
+            return None
+
+    @staticmethod
+    def frame_mesh(verts: np.ndarray, faces: np.ndarray, normals: np.ndarray, colours: np.ndarray,
+                   baked: Any, up_axis: str) -> formats.ExportMesh:
+        """The mesh (textured where ``baked`` is given: its seam-split vertices) in ``up_axis``'s frame."""
+        if baked is None:
+            return formats.ExportMesh(to_export_frame(verts.astype(np.float32), up_axis), faces,
+                                      to_export_frame(normals, up_axis), colours)
+        vmap = np.asarray(baked.vmapping, dtype=np.int64)
+        return formats.ExportMesh(
+            to_export_frame(np.asarray(baked.vertices, np.float32), up_axis), np.asarray(baked.faces, np.int64),
+            to_export_frame(normals[vmap], up_axis), colours[vmap],
+            np.asarray(baked.uvs, np.float32), np.asarray(baked.image, np.uint8),
+        )
+
+    def write(self, fmt: str, path: str, meshes: Dict[str, formats.ExportMesh],
+              plain: Dict[str, formats.ExportMesh], out_dir: str) -> List[str]:
+        """Write one format; returns its files (main file first)."""
+        axis = self.cfg.up_axis
+        if fmt == "glb":
+            return [formats.write_glb(path, meshes["y"], self.cfg.save_name)]
+        if fmt == "usdz":
+            return [formats.write_usdz(path, meshes["y"], self.cfg.save_name)]
+        if fmt == "ply":  # vertex colours on the unsplit mesh
+            return [formats.write_ply(path, plain[axis])]
+        texture = None
+        if meshes[axis].textured:
+            texture = formats.write_texture(os.path.join(out_dir, f"{self.cfg.save_name}.png"), meshes[axis].image)
+        return formats.write_obj(path, meshes[axis], texture, frame_note=f"up_axis={axis}")
+
+
+def _rgba(rgb: np.ndarray) -> np.ndarray:
+    return np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
 
 
 def volume_iou(

@@ -237,19 +237,25 @@ class HashGridImplicitVolume(BaseModule):
 
     @torch.no_grad()
     def isosurface(
-        self, resolution: Optional[int] = None, threshold: Optional[Union[float, str]] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self,
+        resolution: Optional[int] = None,
+        threshold: Optional[Union[float, str]] = None,
+        on_miss: str = "raise",
+        with_level: bool = False,
+    ) -> Tuple[Any, ...]:
         """Marching cubes of the density at ``threshold`` (default ``cfg.isosurface_threshold``).
 
         Returns vertices ``[V, 3]`` float32 in world coordinates and faces ``[F, 3]`` int64, both
         on this module's device, with outward-facing winding. Raises
         :class:`~threestudio_like.geometry.isosurface.IsosurfaceError` when the density never
-        reaches the threshold (the message names the density range and a value to try).
+        reaches the threshold (the message names the density range and a value to try), unless
+        ``on_miss="fit"`` chooses another level; ``with_level`` appends the level used
+        (:class:`~threestudio_like.geometry.isosurface.IsosurfaceLevel`).
         """
         resolution = int(resolution or self.cfg.isosurface_resolution)
         threshold = self.cfg.isosurface_threshold if threshold is None else threshold
         r = float(self.cfg.radius)
-        verts, faces = marching_cubes(
+        out = marching_cubes(
             lambda p: self.forward_density(p),
             resolution,
             (-r, -r, -r),
@@ -257,5 +263,9 @@ class HashGridImplicitVolume(BaseModule):
             threshold,
             chunk=int(self.cfg.isosurface_chunk),
             device=self.device,
+            on_miss=on_miss,
+            with_level=True,
         )
-        return verts.to(self.device), faces.to(self.device)
+        verts, faces, level = out
+        out = (verts.to(self.device), faces.to(self.device))
+        return (*out, level) if with_level else out

@@ -34,6 +34,7 @@ _PRIMITIVES: List[Tuple[str, Tuple[float, ...], Tuple[float, ...], Tuple[float, 
     ("capsule", (-0.35, 0.0, 0.0, -0.62, 0.0, 0.38), (0.075,), (0.10, 0.45, 0.15)),  # tail
 ]
 _BACK_COLOUR = (0.15, 0.35, 0.90)  # body colour behind the x = 0 plane
+_FLOATERS = ((0.75, 0.7, 0.7, 0.07), (-0.7, -0.7, -0.6, 0.05), (0.0, 0.75, -0.75, 0.06))  # centre, radius
 
 
 def _sdf_primitive(kind: str, centre: Tuple[float, ...], size: Tuple[float, ...], p: Tensor) -> Tensor:
@@ -93,6 +94,10 @@ class ReferenceObjectGeometry(BaseModule):
         """Density level at the surface (half of density_scale)."""
         variant: int = 0
         """0: the reference object; k > 0: its k-th procedural relative (:func:`variant_parts`)."""
+        ripple: float = 0.0
+        """Amplitude (world units) of a sinusoidal ripple on the density's surface (export tests)."""
+        floaters: bool = False
+        """Add three small blobs floating off the object to the density (export clean-up tests)."""
 
     cfg: Config
 
@@ -124,20 +129,31 @@ class ReferenceObjectGeometry(BaseModule):
         is_back_body = (nearest == 0) & (self._local(points)[..., 0] < 0)
         return torch.where(is_back_body[..., None], back.expand_as(rgb), rgb)
 
-    def forward_density(self, points: Tensor) -> Tensor:
-        sdf, _ = self.sdf(points)
+    def _density(self, points: Tensor, sdf: Tensor) -> Tensor:
+        """Density ``[..., 1]`` from the object's distance, with the configured ripple and
+        floaters (which :meth:`occupancy`, the object itself, leaves out)."""
+        if self.cfg.ripple:
+            wave = torch.sin(37 * points[..., 0]) * torch.sin(41 * points[..., 1]) * torch.sin(29 * points[..., 2])
+            sdf = sdf + self.cfg.ripple * wave
+        if self.cfg.floaters:
+            for *centre, radius in _FLOATERS:
+                sdf = torch.minimum(sdf, (points - points.new_tensor(centre)).norm(dim=-1) - radius)
         return (self.cfg.density_scale * torch.sigmoid(-sdf / self.cfg.softness))[..., None]
+
+    def forward_density(self, points: Tensor) -> Tensor:
+        return self._density(points, self.sdf(points)[0])
 
     def forward(self, points: Tensor, output_normal: bool = False) -> Dict[str, Tensor]:
         sdf, nearest = self.sdf(points)
-        density = (self.cfg.density_scale * torch.sigmoid(-sdf / self.cfg.softness))[..., None]
-        return {"density": density, "features": self.colour(points, nearest)}
+        return {"density": self._density(points, sdf), "features": self.colour(points, nearest)}
 
     def export(self, points: Tensor) -> Dict[str, Tensor]:
         return {"features": self.colour(points, self.sdf(points)[1])}
 
-    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None):
-        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``)."""
+    def isosurface(self, resolution: Optional[int] = None, threshold: Optional[float] = None,
+                   on_miss: str = "raise", with_level: bool = False):
+        """Marching-cubes mesh of the object (``vertices [V, 3]``, ``faces [F, 3]``; ``on_miss`` and
+        ``with_level`` as :func:`~threestudio_like.geometry.isosurface.marching_cubes`)."""
         r = self.cfg.radius
         return marching_cubes(
             lambda x: self.forward_density(x)[..., 0],
@@ -145,4 +161,6 @@ class ReferenceObjectGeometry(BaseModule):
             (-r, -r, -r),
             (r, r, r),
             self.cfg.isosurface_threshold if threshold is None else threshold,
+            on_miss=on_miss,
+            with_level=with_level,
         )

@@ -379,6 +379,9 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         out_dir = os.path.dirname(out_dir)
         for path in self.exporter(self.geometry, self.export_material(), out_dir):
             self.record_output("meshes", path, key=os.path.splitext(path)[1].lstrip("."), what="Mesh")
+        report = getattr(self.exporter, "last_report", None)  # level, clean-up figures, notes
+        if report is not None and self.status is not None:
+            self.status.record_export(report.as_dict())
 
 
 def _differs(saved: Any, value: Any) -> bool:
