@@ -84,3 +84,16 @@ def test_training_eta_counts_the_turntable_and_each_phase_reports(tmp_path, monk
     capsys.readouterr()
     assert main(["--config", "demo.yaml", "--validate", f"resume={trial}/ckpts/last.ckpt"]) == 0
     assert "validate: view  1/1  100%" in capsys.readouterr().out
+
+
+def test_export_prints_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(progress_mod.ENV_EVERY, "0")
+    args = ["--config", "demo.yaml", "--train", f"exp_root_dir={tmp_path}", *TINY_OVERRIDES, "trainer.max_steps=2",
+            "system.exporter_type=''"]
+    assert main(args) == 0
+    (trial,) = glob.glob(str(tmp_path / "demo" / "*"))
+    capsys.readouterr()
+    assert main(["--config", "demo.yaml", "--export", f"resume={trial}/ckpts/last.ckpt",
+                 "system.exporter_type=mesh-exporter", "system.exporter.formats=[glb,obj]"]) == 0
+    out = capsys.readouterr().out
+    assert "export: phase ..." in out and "export: phase  6/6  100%" in out and "ETA" in out

@@ -32,7 +32,7 @@ from threestudio_like.preview.page import PAGE_NAME, write_batch_preview
 from threestudio_like.run_status import read_status
 from threestudio_like.utils.files import atomic_write_text
 
-MESH_FORMATS = ("glb", "obj", "ply")
+MESH_FORMATS = ("glb", "obj", "ply", "usdz")
 
 
 # ------------------------------------------------------------------------------------------

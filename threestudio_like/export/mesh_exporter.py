@@ -30,6 +30,7 @@ from threestudio_like.base import BaseObject
 from threestudio_like.errors import ConfigError, at_least, in_range
 from threestudio_like.export import cleanup, formats
 from threestudio_like.export.frames import UpAxis, to_export_frame
+from threestudio_like.utils.progress import Progress
 
 FormatChoice = Literal["all", "glb", "obj", "ply", "usdz"]
 
@@ -162,12 +163,15 @@ class MeshExporter(BaseObject):
         notes: List[str] = []
         seconds: Dict[str, float] = {}
         clock = time.perf_counter()
+        wanted = self.wanted_formats()
+        progress = Progress("export: phase", 4 + len(wanted))  # isosurface, cleanup, colours, texture, files
 
         def lap(name: str) -> None:
             nonlocal clock
             now = time.perf_counter()
             seconds[name] = round(now - clock, 3)
             clock = now
+            progress.update()
 
         verts_t, faces_t, level = geometry.isosurface(
             resolution=cfg.isosurface_resolution, threshold=cfg.isosurface_threshold,
@@ -185,9 +189,8 @@ class MeshExporter(BaseObject):
         lap("cleanup")
         colours = _rgba(self.vertex_colours(torch.from_numpy(verts), geometry, material))
         lap("colours")
-        baked = self.bake(verts, faces, geometry, material, notes)
+        baked = self.bake(verts, faces, geometry, material, notes, lambda stage, fraction: progress.update(0))
         lap("texture")
-        wanted = self.wanted_formats()
         if "all" in cfg.formats and not formats.usd_available():
             notes.append(f"usdz skipped: usd-core is not installed ({formats.USDZ_EXTRA})")
         for note in notes:
@@ -200,10 +203,12 @@ class MeshExporter(BaseObject):
             path = os.path.join(out_dir, f"{cfg.save_name}.{fmt}")
             files[fmt] = self.write(fmt, path, meshes, plain, out_dir)
             lap(f"write {fmt}")
+        progress.close()
         self.last_report = ExportReport(asdict(level), clean.as_dict(), baked is not None, files, seconds, notes)
         return [paths[0] for paths in files.values()]
 
-    def bake(self, verts: np.ndarray, faces: np.ndarray, geometry: Any, material: Any, notes: List[str]) -> Any:
+    def bake(self, verts: np.ndarray, faces: np.ndarray, geometry: Any, material: Any, notes: List[str],
+             progress: Optional[Callable[[str, float], None]] = None) -> Any:
         """The baked texture (``BakedTexture``) or None: not asked, no baker installed, or the
         bake failed (a note says which; the export goes on with vertex colours)."""
         if not self.cfg.bake_texture:
@@ -217,7 +222,7 @@ class MeshExporter(BaseObject):
             return bake_texture(
                 verts.astype(np.float32), faces.astype(np.int64), lambda p: self.albedo(p, geometry, material),
                 texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
-                chunk=self.cfg.color_chunk,
+                chunk=self.cfg.color_chunk, progress=progress,
             )
         except Exception as exc:  # noqa: BLE001 - a finished run keeps its mesh: vertex colours, and why
             notes.append(f"texture baking failed ({type(exc).__name__}: {exc}); vertex colours only")
