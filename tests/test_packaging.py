@@ -27,6 +27,7 @@ DISTRIBUTION_OF = {
     "cv2": "opencv-python-headless",
     "pytorch_lightning": "pytorch-lightning",
     "huggingface_hub": "huggingface_hub",
+    "pxr": "usd-core",
 }
 # Imported only inside ``try`` with a fallback, and installed by a documented separate step
 # (README: tiny-cuda-nn's torch bindings build from git source with nvcc).
