@@ -575,7 +575,7 @@ def test_four_job_batch_then_kill_and_resume(tmp_path):
         assert rec["result"]["thumbnail"] == f"trials/{job_id}/save/it4-test/0.png"
         assert rec["seconds"] > 0 and len(rec["attempts"]) == 1
     assert set(state["delta"]["result"]["meshes"]) == {"glb", "ply"}
-    assert set(state["alpha"]["result"]["meshes"]) == {"glb", "obj", "ply"}
+    assert set(state["alpha"]["result"]["meshes"]) == {"glb", "obj", "ply", "usdz"}  # the default: every format
     seeds = {k: yaml.safe_load((batch / "trials" / k / "configs" / "parsed.yaml").read_text())["seed"]
              for k in ("alpha", "gamma", "delta")}
     assert seeds == {"alpha": 0, "gamma": 3, "delta": 4}
