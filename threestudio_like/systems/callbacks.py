@@ -270,6 +270,12 @@ class RunStatusCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.status.set(step=trainer.global_step)
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # a resume from a checkpoint that already has every step trains nothing (Lightning then
+        # calls no train hooks): the status still says where training stands
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.status.set(step=trainer.global_step, max_steps=max_steps)
+
     def _start(self, phase: str, totals: Any) -> None:
         self.status.phase(phase, int(sum(totals)) if totals else None)
 
