@@ -3,7 +3,8 @@ is ever corrupt, resuming from ``last.ckpt`` loses at most one checkpoint interv
 resumed run finishes with its video and meshes.
 
 Each point runs the tiny demo in a subprocess that prints every training step and turntable
-frame (the runner below lowers the progress printer's intervals to 1), waits for the point's
+frame (the runner below prints every step, and ``$THREESTUDIO_LIKE_PROGRESS_EVERY=0`` every
+frame), waits for the point's
 event in that output (``step k``, ``turntable frame j``, the export phase in ``status.json`` or
 its ``m``-th mesh) plus a short random delay, and sends SIGKILL. The points come from a seeded
 generator, so the sweep is the same on every run up to scheduling jitter; the phase actually hit
@@ -42,11 +43,11 @@ SWEEP = [
 ]
 RUNNER = ("import sys\n"
           "from threestudio_like.systems import callbacks\n"
-          "callbacks.StepProgress.__init__.__defaults__ = (1, 1)  # print every step and frame\n"
+          "callbacks.StepProgress.__init__.__defaults__ = (1,)  # a line every training step\n"
           "from threestudio_like.cli import main\n"
           "sys.exit(main(sys.argv[1:]))\n")
 STEP = re.compile(r"^step (\d+)/", re.M)
-FRAME = re.compile(r"^turntable frame (\d+)/", re.M)
+FRAME = re.compile(r"^turntable: frame\s+(\d+)/", re.M)
 MESH = re.compile(r"^Mesh written", re.M)
 TIMEOUT = 300.0
 
@@ -74,6 +75,7 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("THREESTUDIO_LIKE_STATUS_FILE", None)
+    env["THREESTUDIO_LIKE_PROGRESS_EVERY"] = "0"  # a line every turntable frame
     return env
 
 
@@ -155,6 +157,7 @@ def run_point(point: KillPoint, root: str) -> dict:
     text = open(log).read()
     trial = _trial(root)
     assert trial is not None, text[-2000:]
+    hit = _hit(text, root)
     found = _check_checkpoints(trial)
     last = os.path.join(trial, "ckpts", "last.ckpt")
     saved = found["steps"].get("last.ckpt", 0)
@@ -172,7 +175,7 @@ def run_point(point: KillPoint, root: str) -> dict:
     status = read_status(trial) or {}
     outputs = status.get("outputs", {})
     return {
-        "point": point, "hit": _hit(text, root), "completed": completed, "saved": saved,
+        "point": point, "hit": hit, "completed": completed, "saved": saved,
         "lost": max(completed - saved, 0), "corrupt": found["corrupt"], "leftovers": found["leftovers"],
         "resume_exit": code, "state": status.get("state"), "step": status.get("step"),
         "finished_outputs": bool(outputs.get("video")) and bool(outputs.get("meshes")),

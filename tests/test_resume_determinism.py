@@ -1,9 +1,10 @@
 """Resuming is exact: a run interrupted at a checkpoint and resumed ends bit-identical (every
 parameter, buffer and optimiser moment) to the run that was never interrupted, on CPU.
 
-The tiny demo refreshes its occupancy grid every 4 steps (so right at the checkpoint step) and
-leaves the grid's warm-up early (so the refresh draws random cells), and validates at the
-checkpoint step as the full demo does: every source of randomness around the save point is live.
+The tiny demo refreshes its occupancy grid every 4 steps (so right at the checkpoint step),
+leaves the grid's warm-up early (so the refresh draws random cells), switches resolution at the
+checkpoint step (Lightning collates that batch a step ahead) and validates there as the full demo
+does: every source of randomness and every step-dependent setting around the save point is live.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from threestudio_like.models.checkpoints import read_training_checkpoint
 RESUME_DEMO = [
     *TINY_OVERRIDES,
     "data.batch_size=2",
+    "data.height=[16,20]",
+    "data.width=[16,20]",
+    "data.resolution_milestones=[20]",
     "data.camera_perturb=0.1",
     "data.center_perturb=0.1",
     "system.renderer.occ_update_every_n=4",
