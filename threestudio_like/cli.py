@@ -274,7 +274,8 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     from threestudio_like import find
     from threestudio_like.config import dump_parsed
     from threestudio_like.models.checkpoints import lightning_safe_globals
-    from threestudio_like.systems.callbacks import AtomicCheckpoint, RunStatusCallback, StepProgress, TrialRecord
+    from threestudio_like.systems.callbacks import (AtomicCheckpoint, RunStatusCallback, StepProgress, StepSeeds,
+                                                   TrialRecord)
     from threestudio_like.training import active_backends, run_loggers, trainer_arguments
 
     trial = cfg.trial_dir
@@ -291,7 +292,7 @@ def _run_lightning(cfg: Any, mode: str, argv: Sequence[str], status: RunStatus) 
     ckpt_cb = AtomicCheckpoint(os.path.join(trial, "ckpts"), **dict(cfg.checkpoint))
     record = TrialRecord(lambda: dump_parsed(cfg, os.path.join(trial, "configs", "parsed.yaml")),
                          os.path.join(trial, "cmd.txt"), "python launch.py " + " ".join(shlex.quote(a) for a in argv))
-    callbacks = [ckpt_cb, record] if train else []
+    callbacks = [StepSeeds(cfg.seed), ckpt_cb, record] if train else []
     callbacks += [StepProgress(), RunStatusCallback(status)]
     loggers = run_loggers(trial) if train else []
     trainer = pl.Trainer(**trainer_arguments(dict(cfg.trainer), use_gpu, callbacks, loggers))

@@ -19,18 +19,16 @@ The image and reference helpers that other modules and tests use are re-exported
 """
 from __future__ import annotations
 
-import bisect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from threestudio_like import register
-from threestudio_like.base import Updateable
 from threestudio_like.config import parse_structured
 from threestudio_like.data.image_io import (
     ZERO123_OBJECT_FRACTION,
@@ -43,6 +41,7 @@ from threestudio_like.data.image_io import (
 from threestudio_like.data.random_camera import (
     RandomCameraConfig,
     RandomCameraIterableDataset,
+    StepNumberedDataset,
     _as_list,
     orbit_loader,
 )
@@ -126,7 +125,7 @@ class SingleImageConfig:
         in_range("default_camera_distance", self.default_camera_distance, 0, float("inf"), open_low=True)
 
 
-class SingleImageIterableDataset(IterableDataset, Updateable):
+class SingleImageIterableDataset(StepNumberedDataset):
     """Endless training batches: the N reference views, and random views around the object."""
 
     def __init__(self, cfg: Any) -> None:
@@ -164,14 +163,11 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
             view.update(rgb=composite(image), mask=(image[..., 3:] > 0.5).float())
             self.views.append(view)
         self.random_cameras = RandomCameraIterableDataset(cfg.random_camera) if cfg.use_random_camera else None
-        self.level = 0
+        self.milestones = list(cfg.resolution_milestones)
 
     @property
     def n_references(self) -> int:
         return len(self.references)
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.level = bisect.bisect_right(list(self.cfg.resolution_milestones), global_step)
 
     def reference_views(self) -> Dict[str, Tensor]:
         """The posed conditioning images: ``cond_rgb`` ``[N, S, S, 3]``, ``cond_mask``
@@ -182,17 +178,13 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         out["camera_positions"] = self.cameras["c2w"][:, :3, 3]
         return out
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            yield {}
-
-    def collate(self, _items: list) -> Dict[str, Any]:
-        batch = dict(self.views[self.level])
+    def collate(self, items: list) -> Dict[str, Any]:
+        batch = dict(self.views[self.level_for(self.step_of(items))])
         batch.update(self.condition)
         batch["n_views"] = 1
         batch["n_references"] = self.n_references
         if self.random_cameras is not None:
-            batch["random_camera"] = self.random_cameras.collate(_items)
+            batch["random_camera"] = self.random_cameras.collate(items)
         return batch
 
 

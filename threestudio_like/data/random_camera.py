@@ -5,12 +5,16 @@ objects' worth of view groups, contiguous in the batch: the views of one group s
 fov, distance and perturbations, and their azimuths are ``360 / n_view`` degrees apart (MVDream).
 Resolution and batch size may be lists switched at ``resolution_milestones`` (progressive
 training). All cameras follow :mod:`threestudio_like.cameras`.
+
+Training batches are numbered by the step that trains on them, and the cameras of step ``s`` are
+drawn from a generator seeded by ``(seed, s)`` (:mod:`threestudio_like.utils.rng`): the same
+cameras whatever ran before, so a resumed run sees the uninterrupted run's cameras, although
+Lightning collates each batch one step ahead of its training step.
 """
 from __future__ import annotations
 
 import bisect
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -33,6 +37,7 @@ from threestudio_like.cameras import (
 )
 from threestudio_like.config import parse_structured
 from threestudio_like.errors import FieldError, at_least, in_range
+from threestudio_like.utils.rng import step_generator
 
 
 @dataclass
@@ -155,21 +160,65 @@ def make_batch(
     }
 
 
-class RandomCameraIterableDataset(IterableDataset, Updateable):
+class StepNumberedDataset(IterableDataset, Updateable):
+    """An endless training stream whose items are numbered by the training step they feed.
+
+    The numbering starts at the step training starts from (0, or the resumed step, which the
+    system passes through ``update_step(..., on_load_weights=True)`` before the stream starts).
+    ``collate`` reads the step of its items: called directly (tests, ``--sample``) with items
+    that carry none, it uses the current level and the global random generators instead.
+    """
+
+    milestones: List[int] = []
+    """Steps at which the resolution level goes up (``resolution_milestones``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_step = 0
+        self.level = 0
+        # the run's seed: the command line seeds everything before it builds the data module
+        self.seed = torch.initial_seed()
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.global_step = global_step
+        self.level = self.level_at(global_step)
+
+    def level_at(self, step: int) -> int:
+        return bisect.bisect_right(list(self.milestones), step)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        step = self.global_step
+        while True:
+            yield {"step": step}
+            step += 1
+
+    @staticmethod
+    def step_of(items: list) -> Optional[int]:
+        """The training step of a batch's items; None for items that carry none."""
+        first = items[0] if items else None
+        return int(first["step"]) if isinstance(first, dict) and "step" in first else None
+
+    def level_for(self, step: Optional[int]) -> int:
+        """The resolution level of a batch of ``step`` (None: the current level)."""
+        return self.level if step is None else self.level_at(step)
+
+    def generator_for(self, step: Optional[int], stream: str) -> Optional[torch.Generator]:
+        """The generator of ``stream`` at ``step``; None (the global generators) without a step."""
+        return None if step is None else step_generator(self.seed, step, stream)
+
+
+class RandomCameraIterableDataset(StepNumberedDataset):
     """Endless random training cameras; resolution follows the training step."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
+        self.milestones = list(cfg.resolution_milestones)
         self.heights = [int(h) for h in _as_list(cfg.height)]
         self.widths = [int(w) for w in _as_list(cfg.width)]
         self.batch_sizes = [int(b) for b in _as_list(cfg.batch_size)]
         if len(self.batch_sizes) == 1:
             self.batch_sizes = self.batch_sizes * len(self.heights)
-        self.level = 0
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.level = bisect.bisect_right(list(self.cfg.resolution_milestones), global_step)
 
     @property
     def height(self) -> int:
@@ -183,49 +232,54 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
     def batch_size(self) -> int:
         return self.batch_sizes[self.level]
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            yield {}
+    def collate(self, items: list) -> Dict[str, Any]:
+        """The random cameras of the step the items belong to."""
+        step = self.step_of(items)
+        level = self.level_for(step)
+        gen = self.generator_for(step, "cameras")
+        return self.sample(gen, self.heights[level], self.widths[level], self.batch_sizes[level])
 
-    def collate(self, _items: list) -> Dict[str, Any]:
+    def sample(self, gen: Optional[torch.Generator], height: int, width: int, batch_size: int) -> Dict[str, Any]:
+        """``batch_size`` random views at ``height`` x ``width``, every draw taken from ``gen``
+        (None: the global generator)."""
         cfg = self.cfg
         n_view = cfg.n_view
-        n_obj = self.batch_size // n_view
+        n_obj = batch_size // n_view
 
         def per_object(values: torch.Tensor) -> torch.Tensor:
             return values.repeat_interleave(n_view, dim=0)
 
         e0, e1 = cfg.elevation_range
-        if random.random() < 0.5:  # uniform in degrees
-            elevation = torch.rand(n_obj) * (e1 - e0) + e0
+        if torch.rand((), generator=gen) < 0.5:  # uniform in degrees
+            elevation = torch.rand(n_obj, generator=gen) * (e1 - e0) + e0
         else:  # uniform on the sphere
             s0, s1 = math.sin(math.radians(e0)), math.sin(math.radians(e1))
-            elevation = torch.rad2deg(torch.asin(torch.rand(n_obj) * (s1 - s0) + s0))
+            elevation = torch.rad2deg(torch.asin(torch.rand(n_obj, generator=gen) * (s1 - s0) + s0))
         a0, a1 = cfg.azimuth_range
         if n_view > 1:
-            offsets = (torch.rand(n_obj)[:, None] + torch.arange(n_view)[None]) / n_view
+            offsets = (torch.rand(n_obj, generator=gen)[:, None] + torch.arange(n_view)[None]) / n_view
             azimuth = (offsets * (a1 - a0) + a0).reshape(-1)
         elif cfg.batch_uniform_azimuth:
-            azimuth = (torch.rand(n_obj) + torch.arange(n_obj)) / n_obj * (a1 - a0) + a0
+            azimuth = (torch.rand(n_obj, generator=gen) + torch.arange(n_obj)) / n_obj * (a1 - a0) + a0
         else:
-            azimuth = torch.rand(n_obj) * (a1 - a0) + a0
-        fovy = torch.rand(n_obj) * (cfg.fovy_range[1] - cfg.fovy_range[0]) + cfg.fovy_range[0]
+            azimuth = torch.rand(n_obj, generator=gen) * (a1 - a0) + a0
+        fovy = torch.rand(n_obj, generator=gen) * (cfg.fovy_range[1] - cfg.fovy_range[0]) + cfg.fovy_range[0]
         d0, d1 = cfg.camera_distance_range
-        distance = torch.rand(n_obj) * (d1 - d0) + d0
+        distance = torch.rand(n_obj, generator=gen) * (d1 - d0) + d0
         if cfg.relative_radius:
             distance = distance / torch.tan(deg2rad(fovy) / 2)
         elevation, fovy, distance = per_object(elevation), per_object(fovy), per_object(distance)
 
         pos = spherical_to_position(deg2rad(elevation), deg2rad(azimuth), distance)
-        pos = pos + per_object((torch.rand(n_obj, 3) * 2 - 1) * cfg.camera_perturb)
-        center = per_object(torch.randn(n_obj, 3) * cfg.center_perturb)
-        up = torch.tensor([0.0, 0.0, 1.0]) + per_object(torch.randn(n_obj, 3) * cfg.up_perturb)
-        light_dir = F.normalize(pos + torch.randn(len(pos), 3) * cfg.light_position_perturb, dim=-1)
+        pos = pos + per_object((torch.rand(n_obj, 3, generator=gen) * 2 - 1) * cfg.camera_perturb)
+        center = per_object(torch.randn(n_obj, 3, generator=gen) * cfg.center_perturb)
+        up = torch.tensor([0.0, 0.0, 1.0]) + per_object(torch.randn(n_obj, 3, generator=gen) * cfg.up_perturb)
+        light_dir = F.normalize(pos + torch.randn(len(pos), 3, generator=gen) * cfg.light_position_perturb, dim=-1)
         l0, l1 = cfg.light_distance_range
-        light = light_dir * (torch.rand(len(pos), 1) * (l1 - l0) + l0)
+        light = light_dir * (torch.rand(len(pos), 1, generator=gen) * (l1 - l0) + l0)
 
         batch = make_batch(
-            elevation, azimuth, distance, fovy, self.height, self.width,
+            elevation, azimuth, distance, fovy, height, width,
             positions=pos, center=center, up=up, light_positions=light,
         )
         batch["n_views"] = n_view

@@ -126,9 +126,14 @@ class ReferenceObjectGuidance(BaseGuidance):
     @staticmethod
     def _fill_grid(renderer, device: torch.device) -> None:
         renderer.to(device)
-        # A few full passes (random points inside every cell) so thin parts are not missed.
-        for _ in range(4):
-            renderer.update_occupancy_grid(0, force=True)
+        # A few full passes (random points inside every cell) so thin parts are not missed. The
+        # points come from a fixed seed, apart from the run's generators: the grid is built on
+        # first use, at whatever training step that is, and must neither differ nor shift the
+        # step's draws (a resumed run builds it at another step than the uninterrupted one).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for _ in range(4):
+                renderer.update_occupancy_grid(0, force=True)
 
     def _prepare_grid(self, device: torch.device) -> None:
         if self._grid_ready_for == device:

@@ -159,21 +159,16 @@ class NeRFVolumeRenderer(BaseModule):
 
     @torch.no_grad()
     def update_occupancy_grid(self, global_step: int, force: bool = False) -> None:
-        """nerfacc's EMA update with ``occ = density * render_step_size`` (pure torch, any device)."""
+        """nerfacc's EMA update with ``occ = density * render_step_size`` (pure torch, any device),
+        with repeated cells merged deterministically (:func:`occupancy.update_occupancy_ema`)."""
 
         def occ_eval_fn(x: Tensor) -> Tensor:
             return self.geometry.forward_density(x) * self.render_step_size
 
-        kwargs = dict(
-            occ_thre=self.cfg.occ_threshold,
-            ema_decay=self.cfg.occ_ema_decay,
-            warmup_steps=self.cfg.occ_warmup_steps,
-        )
-        if force:
-            self.estimator._update(step=global_step, occ_eval_fn=occ_eval_fn, **kwargs)
-        else:
-            self.estimator.update_every_n_steps(
-                step=global_step, occ_eval_fn=occ_eval_fn, n=self.cfg.occ_update_every_n, **kwargs
+        if force or global_step % self.cfg.occ_update_every_n == 0:
+            occupancy.update_occupancy_ema(
+                self.estimator, global_step, occ_eval_fn, occ_thre=self.cfg.occ_threshold,
+                ema_decay=self.cfg.occ_ema_decay, warmup_steps=self.cfg.occ_warmup_steps,
             )
 
     # rendering -----------------------------------------------------------------------------

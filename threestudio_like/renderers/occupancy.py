@@ -3,7 +3,12 @@
 threestudio marches rays with ``nerfacc.OccGridEstimator.sampling`` and composites them with
 nerfacc's packed ``render_weight_from_density``. Both reach nerfacc's CUDA extension, which has no
 CPU kernels (and on a CPU-only torch its JIT build fails at once). This module keeps nerfacc for
-what it does in pure torch (the estimator's buffers and its EMA grid update) and provides:
+what it does in pure torch (the estimator's buffers and its cell sampling) and provides:
+
+* :func:`update_occupancy_ema` -- nerfacc's EMA refresh of the grid,
+  ``occ_c = max(decay * occ_c, sigma(x) * dt)`` at a jittered point ``x`` of each refreshed cell
+  ``c``, with cells drawn twice in one refresh merged by a maximum (nerfacc's indexed write keeps
+  an arbitrary one of them, which varies with thread scheduling): the same grid on every run.
 
 * :func:`occgrid_sampling_torch` -- the same sampling semantics as nerfacc's CUDA traversal, driven
   by the same ``estimator.binaries``: samples ``[t, t + dt]`` on a lattice anchored at the
@@ -374,3 +379,41 @@ def occgrid_sampling(
         alpha_thre=alpha_thre,
         stratified=stratified,
     )
+
+
+@torch.no_grad()
+def update_occupancy_ema(
+    estimator,
+    step: int,
+    occ_eval_fn: Callable[[Tensor], Tensor],
+    occ_thre: float = 0.01,
+    ema_decay: float = 0.95,
+    warmup_steps: int = 256,
+) -> None:
+    """Refresh ``estimator.occs`` and ``estimator.binaries`` as ``OccGridEstimator._update`` does,
+    deterministically.
+
+    Before ``warmup_steps`` every cell is refreshed; later a quarter of the cells drawn uniformly
+    plus a quarter drawn among the occupied ones (the same random draws as nerfacc, in the same
+    order). The two draws overlap, and nerfacc writes ``occs[cells] = max(occs[cells] * decay,
+    occ)`` with repeated cells, where the surviving write depends on thread scheduling; here a
+    repeated cell keeps the largest of its fresh values (a scatter-max, as nerfacc's own comment
+    intends), so the grid, and the run, no longer vary between identical runs.
+    """
+    if step < warmup_steps:
+        lvl_indices = estimator._get_all_cells()
+    else:
+        lvl_indices = estimator._sample_uniform_and_occupied_cells(estimator.cells_per_lvl // 4)
+    occs = estimator.occs
+    for lvl, indices in enumerate(lvl_indices):
+        coords = estimator.grid_coords[indices]
+        unit = (coords + torch.rand_like(coords, dtype=torch.float32)) / estimator.resolution
+        low, high = estimator.aabbs[lvl, :3], estimator.aabbs[lvl, 3:]
+        occ = occ_eval_fn(low + unit * (high - low)).reshape(-1).to(occs.dtype)
+        cells = lvl * estimator.cells_per_lvl + indices
+        updated = occs.clone()
+        updated[cells] = occs[cells] * ema_decay  # repeated cells write the same value
+        updated.scatter_reduce_(0, cells, occ, reduce="amax", include_self=True)
+        occs.copy_(updated)
+    threshold = torch.clamp(occs[occs >= 0].mean(), max=occ_thre)
+    estimator.binaries = (occs > threshold).view(estimator.binaries.shape)

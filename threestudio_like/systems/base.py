@@ -180,8 +180,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
     def C(self, value: Any) -> float:
         return schedule_value(value, self.current_epoch_safe, self.true_global_step)
 
-    def _update_all(self, on_load_weights: bool = False) -> None:
-        epoch, step = self.current_epoch_safe, self.true_global_step
+    def _update_all(self, on_load_weights: bool = False, epoch: Optional[int] = None, step: Optional[int] = None) -> None:
+        """Tick the system's parts, the guidance and the training data to the current step (or
+        to ``epoch``/``step`` of a checkpoint being loaded)."""
+        epoch = self.current_epoch_safe if epoch is None else epoch
+        step = self.true_global_step if step is None else step
         self.do_update_step(epoch, step, on_load_weights=on_load_weights)
         if self._guidance is not None:
             self._guidance.do_update_step(epoch, step, on_load_weights=on_load_weights)
@@ -324,9 +327,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Set every step-dependent part to the checkpoint's step, the training data included:
+        its stream numbers batches from there, so a resumed run draws the uninterrupted run's
+        cameras (the data module is attached before Lightning loads the checkpoint)."""
         self._resumed_step = int(checkpoint.get("global_step", 0))
-        epoch = int(checkpoint.get("epoch", 0))
-        self.do_update_step(epoch, self._resumed_step, on_load_weights=True)
+        self._update_all(on_load_weights=True, epoch=int(checkpoint.get("epoch", 0)), step=self._resumed_step)
 
     # ---------------------------------------------------------------- evaluation
     def render_eval(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:

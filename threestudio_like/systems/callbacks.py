@@ -1,5 +1,5 @@
-"""Training callbacks: atomic checkpoints (periodic, on Ctrl-C, at the end), progress lines and
-the run's ``status.json``."""
+"""Training callbacks: atomic checkpoints (periodic, on Ctrl-C, at the end), per-step seeds,
+progress lines and the run's ``status.json``."""
 from __future__ import annotations
 
 import errno
@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import Callback
 from threestudio_like.errors import DiskFullError
 from threestudio_like.run_status import RunStatus
 from threestudio_like.utils.progress import Progress, format_duration
+from threestudio_like.utils.rng import seed_global_generators
 
 
 def _fsync_file(path: str) -> None:
@@ -104,6 +105,23 @@ class AtomicCheckpoint(Callback):
             path = self.save(trainer)
             print(f"\nInterrupted at step {trainer.global_step}: saved {path}. "
                   f"Continue with resume={path}", file=sys.stderr)
+
+
+class StepSeeds(Callback):
+    """Re-seeds the global random generators from ``(seed, step)`` before each training step.
+
+    Everything random in a step (ray jitter, diffusion timesteps and noise, material and
+    background choices, the occupancy-grid refresh) then depends on the step alone, not on what
+    ran before it, so a run resumed at step ``s`` continues exactly as the uninterrupted run did
+    (:mod:`threestudio_like.utils.rng`). Callback hooks run before the system's, so the seeds
+    are set before the system's own step start (where the occupancy grid is refreshed).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        seed_global_generators(self.seed, trainer.global_step)
 
 
 class StepProgress(Callback):
@@ -251,6 +269,12 @@ class RunStatusCallback(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.status.set(step=trainer.global_step)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # a resume from a checkpoint that already has every step trains nothing (Lightning then
+        # calls no train hooks): the status still says where training stands
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.status.set(step=trainer.global_step, max_steps=max_steps)
 
     def _start(self, phase: str, totals: Any) -> None:
         self.status.phase(phase, int(sum(totals)) if totals else None)
