@@ -76,7 +76,7 @@ def check_gallery_in_chromium(batch_dir: Path, n_cards: int, n_videos: int) -> P
     assert not broken, f"the browser could not load: {broken}"
     models = [a["href"] for a in doc.of("a", "model")]
     assert len(models) >= n_videos
-    assert all(m.rsplit(".", 1)[-1] in ("glb", "obj", "ply") for m in models)
+    assert all(m.rsplit(".", 1)[-1] in ("glb", "obj", "ply", "usdz") for m in models)
     assert_links_resolve(batch_dir, doc)
     assert shot.is_file() and shot.stat().st_size > 1000
     return shot
