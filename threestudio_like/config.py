@@ -252,10 +252,18 @@ class SampleConfig:
     """Text priors: appended to the prompt (MVDream: ", 3d asset")."""
     negative_prompt: Optional[str] = None
     """Text priors: negative prompt while sampling (null: the recipe's own)."""
+    height: Optional[int] = None
+    """RGBD priors: image height in pixels, a multiple of 8 (null: the prior's image_size; ldm3d-pano 512)."""
+    width: Optional[int] = None
+    """RGBD priors: image width in pixels, a multiple of 8 (null: the prior's image_size; ldm3d-pano 1024)."""
 
     def validate(self) -> None:
         if self.steps is not None:
             at_least("steps", self.steps, 1)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                raise FieldError(name, f"must be a positive multiple of 8, got {value}")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The recipe's guidance generates images for the prompt (MVDream: the 4 views with DDIM, as its
 ``t2i.py``), or novel views of the input image(s) (Zero-1-to-3, EscherNet: views around the
-references), saved side by side as one grid, without any 3D optimisation.
+references), saved side by side as one grid, without any 3D optimisation; RGBD priors (LDM3D)
+write an RGB image, a 16-bit depth PNG and a coloured depth preview (:mod:`.rgbd`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from threestudio_like import find
 from threestudio_like.errors import ConfigError
 from threestudio_like.run_status import RunStatus
+from threestudio_like.sampling.rgbd import RGBDSamples, save_rgbd_samples
 from threestudio_like.utils import saving
 
 GENERIC_DEFAULTS: Dict[str, Any] = {
@@ -39,7 +41,7 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     guidance_cls = find(system.guidance_type)
     defaults = getattr(guidance_cls, "sample_defaults", None)
     if defaults is None:
-        raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3 and EscherNet.")
+        raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3, EscherNet and LDM3D.")
     settings = sample_settings(cfg.get("sample"), defaults)
     references = None
     if guidance_cls.conditioned_on_images:
@@ -64,6 +66,13 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
         condition = guidance.prepare_condition(references["cond_rgb"], references["c2w"])
     generator = torch.Generator().manual_seed(int(cfg.seed))
     images = guidance.sample(condition, settings, generator=generator)
+    if isinstance(images, RGBDSamples):  # RGB, 16-bit depth and preview, as the RGBD pipeline writes them
+        written = save_rgbd_samples(images, os.path.join(cfg.trial_dir, "save"), f"sample-seed{cfg.seed}")
+        if status is not None:
+            for kind, paths in written.items():
+                for i, path in enumerate(paths):
+                    status.add_output("samples", path, f"{kind}-{i}")
+        return written["rgb"][0]
     path = os.path.join(cfg.trial_dir, "save", f"sample-seed{cfg.seed}.png")
     saving.save_image_grid(path, list(images))
     if status is not None:
