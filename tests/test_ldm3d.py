@@ -229,3 +229,55 @@ def test_recipe_trains_with_tiny_random_and_writes_checkpoint_turntable_mesh(tmp
         assert os.path.isfile(os.path.join(trial, rel)), rel
     ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6 and not [k for k in ckpt["state_dict"] if "unet" in k or "vae" in k]
+
+
+def test_pano_sample_writes_the_spherical_glb_and_the_360_video(tmp_path):
+    args = ["--config", "ldm3d-pano.yaml", "--sample", "prompt=a bedroom", f"exp_root_dir={tmp_path}",
+            f"system.prompt_processor.cache_dir={tmp_path}/cache", "sample.steps=2", "sample.height=64",
+            "sample.width=128", "system.guidance.pretrained_model_name_or_path=tiny-random",
+            "system.guidance.image_size=64", "sample.scene_frames=3"]
+    assert main(args) == 0
+    save, = glob.glob(str(tmp_path / "ldm3d-pano" / "*" / "save"))
+    names = sorted(os.listdir(save))
+    assert "sample-seed0-0-scene.glb" in names and "sample-seed0-0-scene.mp4" in names
+    assert "sample-seed0-0-depth.png" in names
+
+
+def test_scene_from_a_given_rgbd_panorama_and_clear_errors(tmp_path, capsys):
+    from PIL import Image
+
+    rgb = np.zeros((32, 64, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 64, dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pano.png")
+    Image.fromarray(np.full((32, 64), 30000, np.uint16)).save(tmp_path / "pano_depth.png")
+    Image.fromarray(rgb).save(tmp_path / "preview.png")
+    base = ["--config", "ldm3d-pano.yaml", "--sample", "prompt=unused", f"exp_root_dir={tmp_path / 'out'}",
+            "sample.scene_frames=3"]
+    assert main([*base, f"image={tmp_path / 'pano.png'}", f"depth={tmp_path / 'pano_depth.png'}"]) == 0
+    assert glob.glob(str(tmp_path / "out" / "ldm3d-pano" / "*" / "save" / "scene-scene.glb"))
+    # the coloured preview is not a depth map; an image without its depth is refused
+    assert main([*base, f"image={tmp_path / 'pano.png'}", f"depth={tmp_path / 'preview.png'}"]) == 2
+    assert "16-bit depth PNG" in capsys.readouterr().err
+    assert main([*base, f"image={tmp_path / 'pano.png'}"]) == 2
+    assert "depth=" in capsys.readouterr().err
+
+
+def test_depth_preview_is_bright_near_and_spans_the_ramp():
+    from threestudio_like.sampling.rgbd import depth_preview
+
+    depth = np.array([[0, 30000, 65535]], np.uint16)
+    preview = depth_preview(depth).astype(int)
+    assert preview.shape == (1, 3, 3) and preview.dtype == int
+    assert preview[0, 0].sum() < 20 and preview[0, 2].sum() > 600  # far dark, near bright
+    assert preview[0, 0].sum() < preview[0, 1].sum() < preview[0, 2].sum()
+
+
+@pytest.mark.slow
+def test_recipe_trains_a_few_hundred_steps_with_tiny_random(tmp_path):
+    args = ["--config", "ldm3d.yaml", "--train", "prompt=a DSLR photo of a corgi", f"exp_root_dir={tmp_path}",
+            f"system.prompt_processor.cache_dir={tmp_path}/cache", *TINY_LDM3D,
+            "trainer.max_steps=200", "trainer.val_check_interval=100", "checkpoint.every_n_train_steps=100"]
+    assert main(args) == 0
+    trial, = glob.glob(str(tmp_path / "ldm3d" / "*"))
+    for rel in ("ckpts/last.ckpt", "save/it200-test.mp4", "save/it200-export/model.obj", "save/it200-0.png"):
+        assert os.path.isfile(os.path.join(trial, rel)), rel

@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import known_answer_ious
+
 from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad
 from threestudio_like.cli import main
 from threestudio_like.errors import ConfigError

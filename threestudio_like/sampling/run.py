@@ -16,14 +16,17 @@ from omegaconf import OmegaConf
 
 from threestudio_like import find
 from threestudio_like.errors import ConfigError
+from threestudio_like.models.rgbd import postprocess_rgbd
 from threestudio_like.run_status import RunStatus
-from threestudio_like.sampling.rgbd import RGBDSamples, save_rgbd_samples
+from threestudio_like.sampling.rgbd import RGBDSamples, read_rgbd, save_rgbd_samples, save_scene
 from threestudio_like.utils import saving
 
 GENERIC_DEFAULTS: Dict[str, Any] = {
     "steps": 50, "guidance_scale": 3.0, "eta": 0.0,
     "views": [[0.0, 90.0], [0.0, 180.0], [0.0, 270.0], [30.0, 0.0]],
     "elevation_deg": 15.0, "azimuth_start_deg": 0.0, "prompt_suffix": "", "negative_prompt": None,
+    "height": None, "width": None, "scene": None, "scene_near": None, "scene_far": None, "scene_fovy_deg": None,
+    "scene_frames": None, "image_path": None, "depth_path": None,
 }
 
 
@@ -41,8 +44,11 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     guidance_cls = find(system.guidance_type)
     defaults = getattr(guidance_cls, "sample_defaults", None)
     if defaults is None:
-        raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3, EscherNet and LDM3D.")
+        raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3, "
+                          f"EscherNet and LDM3D.")
     settings = sample_settings(cfg.get("sample"), defaults)
+    if settings.image_path:  # DepthFusion from a given RGBD image: no prior needed
+        return _scene_from_files(cfg, settings, status)
     references = None
     if guidance_cls.conditioned_on_images:
         # the recipe's data module loads, checks and frames the input image(s) first, so that a
@@ -68,6 +74,10 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     images = guidance.sample(condition, settings, generator=generator)
     if isinstance(images, RGBDSamples):  # RGB, 16-bit depth and preview, as the RGBD pipeline writes them
         written = save_rgbd_samples(images, os.path.join(cfg.trial_dir, "save"), f"sample-seed{cfg.seed}")
+        if settings.scene:
+            rgb, depth = postprocess_rgbd(images.decoded[:1])
+            written.update({k: [v] for k, v in save_scene(rgb[0], depth[0], settings, os.path.join(
+                cfg.trial_dir, "save"), f"sample-seed{cfg.seed}-0").items()})
         if status is not None:
             for kind, paths in written.items():
                 for i, path in enumerate(paths):
@@ -78,3 +88,15 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     if status is not None:
         status.add_output("samples", path)
     return path
+
+
+def _scene_from_files(cfg: Any, settings: SimpleNamespace, status: Optional[RunStatus]) -> str:
+    """``--sample image=rgb.png depth=depth16.png``: the DepthFusion scene of a given RGBD image."""
+    rgb, depth = read_rgbd(settings.image_path, settings.depth_path)
+    if status is not None:
+        status.phase("sample")
+    written = save_scene(rgb, depth, settings, os.path.join(cfg.trial_dir, "save"), "scene")
+    if status is not None:
+        for kind, path in written.items():
+            status.add_output("samples", path, kind)
+    return written["glb"]
