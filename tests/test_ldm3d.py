@@ -219,12 +219,19 @@ TINY_LDM3D = [
 ]
 
 
-def test_recipe_trains_with_tiny_random_and_writes_checkpoint_turntable_mesh(tmp_path):
+def _train(tmp_path, steps: int, every: int) -> str:
+    """Train ldm3d.yaml with tiny-random weights at toy size; returns the trial folder."""
     args = ["--config", "ldm3d.yaml", "--train", "prompt=a DSLR photo of a corgi", f"exp_root_dir={tmp_path}",
             f"system.prompt_processor.cache_dir={tmp_path}/cache", *TINY_LDM3D,
-            "trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=3"]
+            f"trainer.max_steps={steps}", f"trainer.val_check_interval={every}",
+            f"checkpoint.every_n_train_steps={every}"]
     assert main(args) == 0
     trial, = glob.glob(str(tmp_path / "ldm3d" / "*"))
+    return trial
+
+
+def test_recipe_trains_with_tiny_random_and_writes_checkpoint_turntable_mesh(tmp_path):
+    trial = _train(tmp_path, 6, 3)
     for rel in ("ckpts/last.ckpt", "save/it6-test.mp4", "save/it6-export/model.obj"):
         assert os.path.isfile(os.path.join(trial, rel)), rel
     ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
@@ -274,10 +281,6 @@ def test_depth_preview_is_bright_near_and_spans_the_ramp():
 
 @pytest.mark.slow
 def test_recipe_trains_a_few_hundred_steps_with_tiny_random(tmp_path):
-    args = ["--config", "ldm3d.yaml", "--train", "prompt=a DSLR photo of a corgi", f"exp_root_dir={tmp_path}",
-            f"system.prompt_processor.cache_dir={tmp_path}/cache", *TINY_LDM3D,
-            "trainer.max_steps=200", "trainer.val_check_interval=100", "checkpoint.every_n_train_steps=100"]
-    assert main(args) == 0
-    trial, = glob.glob(str(tmp_path / "ldm3d" / "*"))
+    trial = _train(tmp_path, 200, 100)
     for rel in ("ckpts/last.ckpt", "save/it200-test.mp4", "save/it200-export/model.obj", "save/it200-0.png"):
         assert os.path.isfile(os.path.join(trial, rel)), rel
