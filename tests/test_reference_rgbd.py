@@ -76,7 +76,9 @@ def _demo_iou(tmp_path, name, *extra):
 
 @pytest.mark.slow
 def test_rgbd_distillation_matches_or_beats_rgb_and_a_broken_convention_fails(tmp_path):
-    """Same steps and resolution as the RGB known-answer test (32 px, 300 steps)."""
+    """Same steps and resolution as the RGB known-answer test (32 px, 300 steps). Measured on 2
+    CPU cores: RGBD 0.691, RGB 0.625, RGBD with the metric (wrong) depth convention 0.390, the
+    untrained blob 0.285 (volume IoU at 64^3); about 25 minutes on a loaded machine."""
     rgbd = _demo_iou(tmp_path, "rgbd", "system.guidance.channels=rgbd")
     rgb = _demo_iou(tmp_path, "rgb")
     metric = _demo_iou(tmp_path, "metric", "system.guidance.channels=rgbd", "system.guidance.depth_convention=metric")
@@ -85,5 +87,6 @@ def test_rgbd_distillation_matches_or_beats_rgb_and_a_broken_convention_fails(tm
     assert rgbd >= RGBD_IOU_BOUND > metric
 
 
-RGBD_IOU_BOUND = 0.5
-"""Lower bound of the RGBD known answer (set from the measured figures, see the issue note)."""
+RGBD_IOU_BOUND = 0.6
+"""Lower bound of the RGBD known answer: measured 0.691 with LDM3D's depth convention, 0.390 with
+the metric one (which this bound must fail)."""
