@@ -30,6 +30,8 @@ USAGE_EXAMPLES = """examples:
   python launch.py --convert mvdream sd-v2.1-base-4view.pt weights/mvdream-sd21   (original checkpoint -> diffusers folder)
   python launch.py --config zero123-sjc.yaml --train image=object_rgba.png   (image-to-3D; --sample: novel views)
   python launch.py --convert zero123 105000.ckpt weights/zero123-105000
+  python launch.py --config ldm3d.yaml --sample prompt="a cosy living room"   (RGB + 16-bit depth + preview)
+  python launch.py --config ldm3d-pano.yaml --sample prompt="360 view of a bedroom"   (DepthFusion: GLB + 360 video)
   python launch.py --bench janus --suite benchmarks/janus_suite.json --configs dreamfusion-sd21.yaml,mvdream-sd21.yaml --seeds 0,1,2
                                                   (Janus benchmark report; docs/janus.md)
   python launch.py --bench lab --seeds 0,1,2      (Janus on the reference-object lab: CPU, known answer)

@@ -26,6 +26,7 @@ from omegaconf.errors import ValidationError
 from threestudio_like.errors import ConfigError, FieldError, at_least, did_you_mean, unknown_key_error
 from threestudio_like.recipes import config_dirs, find_config_file  # noqa: F401  (recipe lookup: path, ./configs/, bundled)
 from threestudio_like.resolvers import slugify  # noqa: F401  (registers the ${...} resolvers)
+from threestudio_like.sampling.settings import SampleConfig
 from threestudio_like.schedules import schedule_value  # noqa: F401  (imported from here by the parts)
 from threestudio_like.trainer_args import check_trainer_args
 
@@ -37,6 +38,13 @@ ALIASES: Dict[str, str] = {
     "image": "data.image_path",
     "references": "data.references",
 }
+ALIAS_FALLBACKS: Dict[str, Tuple[str, ...]] = {
+    "image": ("sample.image_path",),
+    "depth": ("sample.depth_path",),
+}
+"""Further keys an alias may set: of its keys (:data:`ALIASES`' first), the first one the recipe
+spells out, else the first whose section the recipe has (``image=``: an image-conditioned
+recipe's input, or the RGBD image a DepthFusion recipe builds its scene from)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,33 +240,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class SampleConfig:
-    """``--sample`` settings: images straight from the prior. Unset (null) values take the
-    prior's own defaults (its upstream demo's)."""
-
-    steps: Optional[int] = None
-    """DDIM steps (priors: 50)."""
-    guidance_scale: Optional[float] = None
-    """Classifier-free guidance scale (MVDream 10, Zero-1-to-3 and EscherNet 3)."""
-    eta: Optional[float] = None
-    """DDIM eta (Zero-1-to-3's demo 1.0, others 0)."""
-    views: Optional[List[List[float]]] = None
-    """Image priors: [delta elevation, delta azimuth] in degrees from the (first) input view, per view."""
-    elevation_deg: Optional[float] = None
-    """Text multi-view priors: elevation of the generated views (MVDream 15)."""
-    azimuth_start_deg: Optional[float] = None
-    """Text multi-view priors: azimuth of the first view (0 = the object's front)."""
-    prompt_suffix: Optional[str] = None
-    """Text priors: appended to the prompt (MVDream: ", 3d asset")."""
-    negative_prompt: Optional[str] = None
-    """Text priors: negative prompt while sampling (null: the recipe's own)."""
-
-    def validate(self) -> None:
-        if self.steps is not None:
-            at_least("steps", self.steps, 1)
-
-
-@dataclass
 class ExperimentConfig:
     name: str = "default"
     """Experiment name: first level below ``exp_root_dir``."""
@@ -294,11 +275,11 @@ def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:
             raise ConfigError(f"Override '{arg}' is not of the form key=value.")
         key, value = arg.split("=", 1)
         key = key.lstrip("+")
-        if key in ALIASES:
+        if key in ALIASES or key in ALIAS_FALLBACKS:
             if not value.strip():
                 raise ConfigError(f"'{key}=' is empty: say what to use, e.g. {key}=" +
                                   ('"a DSLR photo of a corgi"' if key == "prompt" else f"path/to/{key}"))
-            target = ALIASES[key]
+            target = _alias_target(tuple(filter(None, (ALIASES.get(key),))) + ALIAS_FALLBACKS.get(key, ()), raw)
             parent = target.rsplit(".", 1)[0]
             if OmegaConf.select(raw, parent) is None:
                 raise ConfigError(
@@ -310,6 +291,23 @@ def _expand_aliases(cli_args: Sequence[str], raw: DictConfig) -> List[str]:
             value = escape_interpolations(value)  # prompts are free text, never ${...} references
         out.append(f"{key}={value}")
     return out
+
+
+def _alias_target(targets: Tuple[str, ...], raw: DictConfig) -> str:
+    """The key an alias sets in this recipe (see :data:`ALIAS_FALLBACKS`)."""
+
+    def spelled_out(key: str) -> bool:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(raw, parent)
+        return isinstance(node, DictConfig) and leaf in node
+
+    for target in targets:
+        if spelled_out(target):
+            return target
+    for target in targets:
+        if OmegaConf.select(raw, target.rsplit(".", 1)[0]) is not None:
+            return target
+    return targets[0]
 
 
 def escape_interpolations(text: str) -> str:

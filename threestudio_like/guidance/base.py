@@ -118,6 +118,11 @@ class BaseGuidance(BaseObject):
         self.grad_clip_value = None if clip is None else schedule_value(clip, epoch, global_step)
 
     # -- the call -----------------------------------------------------------------------------
+    def render_input(self, out: Dict[str, Tensor]) -> Tensor:
+        """What the prior takes from the renderer's outputs ``out`` (``[B, H, W, C]``): the colour
+        ``comp_rgb``; RGBD priors add depth and opacity channels."""
+        return out["comp_rgb"]
+
     def __call__(self, rgb: Tensor, condition: Any, cameras: Cameras, *, rgb_as_latents: bool = False) -> Dict[str, Tensor]:
         """Loss terms (``loss_sds`` or ``loss_sjc``) and diagnostics for renders ``rgb``."""
         if not isinstance(cameras, Cameras):

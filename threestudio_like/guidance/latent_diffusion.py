@@ -136,19 +136,27 @@ class LatentDiffusionGuidance(BaseGuidance):
     def latent_size(self) -> int:
         return self.cfg.image_size // 8
 
-    def encode_images(self, rgb: Tensor) -> Tensor:
-        """Renders ``[B, H, W, 3]`` in [0, 1] -> scaled latents ``[B, 4, S/8, S/8]`` (fp32).
-
-        Resized (bilinear) to ``image_size``; the posterior is sampled, as in ldm's
-        ``get_first_stage_encoding``. Differentiable with respect to ``rgb``.
-        """
+    def resize_renders(self, rgb: Tensor) -> Tensor:
+        """Renders ``[B, H, W, C]`` -> ``[B, C, S, S]`` at ``image_size`` (bilinear), differentiable."""
         size = self.cfg.image_size
         x = rgb.permute(0, 3, 1, 2)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        x = (x * 2.0 - 1.0).to(self.device, self.weights_dtype)
-        posterior = self.vae.encode(x).latent_dist
+        return x
+
+    def encode_pixels(self, x: Tensor) -> Tensor:
+        """Autoencoder input ``[B, C, S, S]`` in [-1, 1] -> scaled latents ``[B, 4, S/8, S/8]``
+        (fp32); the posterior is sampled, as in ldm's ``get_first_stage_encoding``."""
+        posterior = self.vae.encode(x.to(self.device, self.weights_dtype)).latent_dist
         return (posterior.sample() * self.vae.config.scaling_factor).float()
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """Renders ``[B, H, W, 3]`` in [0, 1] -> scaled latents ``[B, 4, S/8, S/8]`` (fp32).
+
+        Resized (bilinear) to ``image_size``, then encoded (:meth:`encode_pixels`).
+        Differentiable with respect to ``rgb``.
+        """
+        return self.encode_pixels(self.resize_renders(rgb) * 2.0 - 1.0)
 
     def decode_latents(self, latents: Tensor, clamp: bool = True) -> Tensor:
         """Scaled latents -> images ``[B, H, W, 3]`` in [0, 1] (fp32).
@@ -227,16 +235,20 @@ class LatentDiffusionGuidance(BaseGuidance):
         num_inference_steps: int,
         generator: Optional[torch.Generator] = None,
         eta: float = 0.0,
+        size: Optional[Tuple[int, int]] = None,
+        decode: bool = True,
     ) -> Tensor:
-        """``n_images`` decoded DDIM samples ``[n, S, S, 3]``; the eta noise is seeded from
-        ``generator`` too, so a seed gives the same images every time."""
+        """``n_images`` decoded DDIM samples ``[n, H, W, C]`` (``size`` ``(H, W)`` pixels, default
+        ``image_size`` square), or their latents with ``decode=False``; the eta noise is seeded
+        from ``generator`` too, so a seed gives the same images every time."""
+        height, width = size or (self.cfg.image_size, self.cfg.image_size)
         seed = generator.initial_seed() if generator is not None else 0
         with seeded(seed):  # DDIM's eta noise comes from the global generator
             latents = ddim_sample(
-                predict_noise, (n_images, 4, self.latent_size, self.latent_size), self.cfg.num_train_timesteps,
+                predict_noise, (n_images, 4, height // 8, width // 8), self.cfg.num_train_timesteps,
                 num_inference_steps, device=self.device, generator=generator, eta=eta,
             )
-        return self.decode_latents(latents)
+        return self.decode_latents(latents) if decode else latents
 
     def sample(self, condition: Any, settings: Any, generator: Optional[torch.Generator] = None) -> Tensor:
         """Images ``[N, S, S, 3]`` straight from the prior for ``--sample`` (see :mod:`threestudio_like.sampling`)."""

@@ -26,6 +26,7 @@ from threestudio_like import find, register
 from threestudio_like.cameras import Cameras, c2w_from_spherical, deg2rad, rays_for_cameras
 from threestudio_like.errors import ConfigError, FieldError
 from threestudio_like.guidance.base import BaseGuidance
+from threestudio_like.models.rgbd import axis_cosines, ldm3d_depth
 from threestudio_like.reference import modes as M
 from threestudio_like.reference.object import ReferenceObjectGeometry
 
@@ -63,6 +64,12 @@ class ReferenceObjectGuidance(BaseGuidance):
         """Rays per chunk when rendering the reference object."""
         geometry: dict = field(default_factory=dict)
         """Overrides for the reference-object geometry (density_scale, softness)."""
+        channels: Literal["rgb", "rgbd"] = "rgb"
+        """rgb | rgbd: the prior's images are colour plus depth in LDM3D's convention (relative inverse
+        depth normalised per image, background far), as an RGBD prior such as LDM3D sees them."""
+        depth_convention: Literal["inverse", "metric"] = "inverse"
+        """rgbd: how the *queries'* depth is converted (the candidates always use LDM3D's inverse
+        convention); metric is wrong on purpose, to show that the convention matters."""
         update_rule: Literal["sds", "sjc"] = "sds"
         """sds | sjc (Score Jacobian Chaining with perturb-and-average scoring)."""
         kappa: float = 2.0
@@ -153,15 +160,28 @@ class ReferenceObjectGuidance(BaseGuidance):
                 self._fill_grid(renderer, device)
             self._others_ready_for = device
 
+    def render_input(self, out: Dict[str, Tensor]) -> Tensor:
+        """Colour, plus depth and opacity in the ``rgbd`` mode (``[B, H, W, 3 or 5]``)."""
+        if self.cfg.channels == "rgbd":
+            return torch.cat([out["comp_rgb"], out["depth"], out["opacity"]], -1)
+        return out["comp_rgb"]
+
     @torch.no_grad()
     def render_reference(self, c2w: Tensor, fovy_deg: Tensor, height: int, width: int) -> Tensor:
-        """Renders ``[B, H, W, 3]`` of the reference object at the given cameras."""
+        """Renders ``[B, H, W, 3]`` (``rgbd``: ``[B, H, W, 5]``, :meth:`render_input`) of the reference
+        object at the given cameras."""
         self._prepare_grid(c2w.device)
         rays_o, rays_d = rays_for_cameras(c2w.float(), deg2rad(fovy_deg.float()), height, width)
-        return self.renderer(rays_o, rays_d)["comp_rgb"]
+        return self.render_input(self.renderer(rays_o, rays_d))
 
-    def to_prior_space(self, rgb: Tensor) -> Tensor:
-        """``[B, H, W, 3]`` in [0, 1] -> ``[B, 3, R, R]`` in [-1, 1] at the prior's resolution."""
+    def to_prior_space(self, rgb: Tensor, fovy_deg: Optional[Tensor] = None, convention: str = "inverse") -> Tensor:
+        """``[B, H, W, 3]`` in [0, 1] -> ``[B, 3, R, R]`` in [-1, 1] at the prior's resolution; colour +
+        depth + opacity ``[B, H, W, 5]`` -> RGB + LDM3D depth ``[B, 4, R, R]`` (depth by
+        ``convention``, planar for cameras of vertical field of view ``fovy_deg`` ``[B]``)."""
+        if rgb.shape[-1] == 5:
+            cosine = None if fovy_deg is None else axis_cosines(fovy_deg.expand(rgb.shape[0]), *rgb.shape[1:3])
+            depth = ldm3d_depth(rgb[..., 3:4], rgb[..., 4:5], cosine, convention)
+            rgb = torch.cat([rgb[..., :3], depth], -1)
         x = rgb.permute(0, 3, 1, 2)
         r = self.cfg.resolution
         if x.shape[-2:] != (r, r):
@@ -182,7 +202,7 @@ class ReferenceObjectGuidance(BaseGuidance):
         c2w = c2w_from_spherical(elev, az, torch.full_like(az, self.cfg.bank_camera_distance))
         fovy = torch.full_like(az, math.radians(self.cfg.bank_fovy_deg))
         rays_o, rays_d = rays_for_cameras(c2w, fovy, r, r)
-        return self.to_prior_space(renderer(rays_o, rays_d)["comp_rgb"])
+        return self.to_prior_space(self.render_input(renderer(rays_o, rays_d)), torch.rad2deg(fovy))
 
     def bank(self, elevation_bin: int, device: torch.device, unconditional: bool = False) -> Dict[str, Tensor]:
         """The cached renders of one elevation bin: ``ours`` ``[n_azimuth, 3, R, R]`` and, when
@@ -240,7 +260,7 @@ class ReferenceObjectGuidance(BaseGuidance):
                / (dist[rows] * torch.tan(torch.deg2rad(fovy[rows]) / 2))).tolist()
         at_query = ours = uncond = None
         if mode == "camera-conditioned":
-            at_query = self.to_prior_space(self.render_reference(c2w, fovy, c.resolution, c.resolution))
+            at_query = self.to_prior_space(self.render_reference(c2w, fovy, c.resolution, c.resolution), fovy)
         else:
             ours = torch.stack([self._zoom(self.bank(b, device)["ours"], m) for b, m in zip(bins, mag)])
         if c.guidance_scale != 1.0:
@@ -261,7 +281,11 @@ class ReferenceObjectGuidance(BaseGuidance):
         if cameras.fovy is None:
             raise ConfigError("The reference-object prior needs each camera's field of view (Cameras.fovy).")
         c = self.cfg
-        latents = self.to_prior_space(rgb)
+        expected = 5 if c.channels == "rgbd" else 3
+        if rgb.shape[-1] != expected:
+            raise ConfigError(f"The reference-object prior ({c.channels}) takes {expected}-channel renders "
+                              f"(render_input(out)); got {rgb.shape[-1]}.")
+        latents = self.to_prior_space(rgb, cameras.fovy, c.depth_convention)
         cand = self.candidates(cameras.c2w, cameras.fovy, cameras.n_views)
         group = c.n_view if c.mode == "multi-view-joint" else 1
         if group > 1:  # one joint sample (and one timestep) per group of views

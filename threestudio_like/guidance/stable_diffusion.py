@@ -9,7 +9,7 @@ diffusers folder (SD2.1), an original ldm checkpoint (converted on load), or ``t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from threestudio_like import register
 from threestudio_like.cameras import Cameras
 from threestudio_like.errors import ConfigError
 from threestudio_like.guidance import distillation as D
-from threestudio_like.guidance.base import classifier_free
+from threestudio_like.guidance.base import NoisePredictor, classifier_free
 from threestudio_like.guidance.latent_diffusion import TextPriorGuidance, UNetBranch, unet_and_vae
 from threestudio_like.models.architectures import TINY_SD21_UNET
 from threestudio_like.models.builders import parts_from_ldm_checkpoint
@@ -56,8 +56,12 @@ class StableDiffusionGuidance(TextPriorGuidance):
     def guide(self, rgb: Tensor, condition: PromptEmbeddings, cameras: Cameras,
               rgb_as_latents: bool = False) -> Dict[str, Tensor]:
         """``loss_sds`` for renders ``[B, H, W, 3]``, each view prompted by its camera's direction."""
-        batch = rgb.shape[0]
         latents = self.to_latents(rgb, rgb_as_latents)
+        return self.distil(latents, self.text_predictor(condition, cameras, rgb.shape[0]))
+
+    def text_predictor(self, condition: PromptEmbeddings, cameras: Cameras, batch: int) -> NoisePredictor:
+        """``predict(x_t, t) -> (guided eps, conditional eps)`` for ``batch`` views: CFG over the
+        (view-dependent) prompt, or Perp-Neg with ``use_perp_neg``."""
         view_dependent = isinstance(condition, ViewDependentEmbeddings)
         scale = self.cfg.guidance_scale
         if self.cfg.use_perp_neg:
@@ -68,16 +72,15 @@ class StableDiffusionGuidance(TextPriorGuidance):
             pos, unc, negs = text[:batch], text[batch:2 * batch], text[2 * batch:]
             branches = [UNetBranch(pos), UNetBranch(unc), UNetBranch(negs[0::2]), UNetBranch(negs[1::2])]
 
-            def predict(x_t: Tensor, t: Tensor):
+            def predict(x_t: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
                 eps_pos, eps_unc, eps_neg0, eps_neg1 = self.unet_branches(x_t, t, branches)
                 negatives = torch.stack([eps_neg0, eps_neg1], 1)
                 return D.perp_neg_guidance(eps_unc, eps_pos, negatives, weights.to(eps_pos), scale), eps_pos
-        else:
-            if self.cfg.view_dependent_prompting and view_dependent:
-                text = condition.get_text_embeddings_vd(cameras.elevation, cameras.azimuth, self.device, self.weights_dtype)
-            else:
-                text = condition.get_text_embeddings(batch, device=self.device, dtype=self.weights_dtype)
-            branches = self.text_branches(text)
-            predict = classifier_free(lambda x_t, t: tuple(self.unet_branches(x_t, t, branches)), scale)
 
-        return self.distil(latents, predict)
+            return predict
+        if self.cfg.view_dependent_prompting and view_dependent:
+            text = condition.get_text_embeddings_vd(cameras.elevation, cameras.azimuth, self.device, self.weights_dtype)
+        else:
+            text = condition.get_text_embeddings(batch, device=self.device, dtype=self.weights_dtype)
+        branches = self.text_branches(text)
+        return classifier_free(lambda x_t, t: tuple(self.unet_branches(x_t, t, branches)), scale)

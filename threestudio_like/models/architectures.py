@@ -33,6 +33,9 @@ MVDREAM_UNET: Dict[str, Any] = {**SD21_UNET, "camera_dim": 16}
 ZERO123_UNET: Dict[str, Any] = {**SD15_UNET, "in_channels": 8}
 # EscherNet: a stock SD1.5 UNet (cameras enter through CaPE in attention only).
 ESCHERNET_UNET: Dict[str, Any] = dict(SD15_UNET)
+# LDM3D (Intel): SD1.4's UNet unchanged (4-channel latent, CLIP ViT-L/14 context); only the
+# autoencoder's first and last convolutions take RGB + depth (see :data:`SD_VAE_DDCONFIG`).
+LDM3D_UNET: Dict[str, Any] = dict(SD15_UNET)
 
 TINY_CONTEXT_DIM = 32
 """Width of every toy context (the toy text encoder, CLIP image tower and ConvNeXt)."""
@@ -60,11 +63,25 @@ TINY_SD21_UNET = tiny_unet_spec(SD21_UNET)
 TINY_MVDREAM_UNET = tiny_unet_spec(MVDREAM_UNET)
 TINY_ZERO123_UNET = tiny_unet_spec(ZERO123_UNET)
 TINY_ESCHERNET_UNET = tiny_unet_spec(ESCHERNET_UNET)
+TINY_LDM3D_UNET = tiny_unet_spec(LDM3D_UNET)
+
+# Stable Diffusion's KL-f8 autoencoder (ldm ddconfig); LDM3D's has 4 (RGB + depth) or 6 (RGB +
+# RGB-like 16-bit depth) input and output channels: :func:`with_image_channels`.
+SD_VAE_DDCONFIG: Dict[str, Any] = {
+    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "z_channels": 4,
+}
 
 # A KL-f8 autoencoder at toy size (4 levels keep the 8x downsampling), in ldm ddconfig terms.
 TINY_VAE_DDCONFIG: Dict[str, Any] = {
     "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "in_channels": 3, "out_ch": 3, "z_channels": 4,
 }
+
+
+def with_image_channels(ddconfig: Dict[str, Any], channels: int) -> Dict[str, Any]:
+    """An autoencoder ddconfig with ``channels`` pixel channels in and out (LDM3D: 4 or 6)."""
+    return {**ddconfig, "in_channels": channels, "out_ch": channels}
+
+
 # CLIP text encoder at toy size (SD's 77 tokens), ``transformers.CLIPTextConfig`` arguments.
 TINY_TEXT_ENCODER: Dict[str, Any] = {
     "hidden_size": TINY_CONTEXT_DIM,

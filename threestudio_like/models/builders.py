@@ -172,12 +172,13 @@ def tiny_unet(ldm_spec: Dict[str, Any], sample_size: int = 8, seed: int = 0) -> 
     return unet
 
 
-def tiny_vae(seed: int = 0) -> nn.Module:
-    """A randomly initialised toy KL-f8 autoencoder."""
+def tiny_vae(seed: int = 0, channels: int = 3) -> nn.Module:
+    """A randomly initialised toy KL-f8 autoencoder with ``channels`` pixel channels (LDM3D: 4, 6)."""
     from diffusers import AutoencoderKL
 
+    ddconfig = A.with_image_channels(A.TINY_VAE_DDCONFIG, channels)
     with seeded(seed):
-        vae = AutoencoderKL(**LC.diffusers_vae_config(A.TINY_VAE_DDCONFIG, sample_size=64))
+        vae = AutoencoderKL(**LC.diffusers_vae_config(ddconfig, sample_size=64))
     rerandomize_parameters(vae, seed=seed + 1, gain=0.5)
     return vae
 

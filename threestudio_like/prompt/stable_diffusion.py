@@ -198,6 +198,7 @@ class StableDiffusionPromptProcessor(BaseObject):
             self._source = resolve_weights(
                 self.cfg.pretrained_model_name_or_path, "the text encoder", subfolders=("text_encoder",),
                 key="system.prompt_processor.pretrained_model_name_or_path",
+                extra_patterns=("tokenizer/*",),  # a diffusers repo's own tokenizer (SD1.x pads with its end token)
             )
         return self._source
 

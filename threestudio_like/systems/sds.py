@@ -15,6 +15,7 @@ class SDSSystem(BaseLift3DSystem):
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
         out = self.renderer(**batch)
-        terms = self.log_diagnostics(self.guidance(out["comp_rgb"], self.condition, self.cameras(batch)))
+        guidance = self.guidance
+        terms = self.log_diagnostics(guidance(guidance.render_input(out), self.condition, self.cameras(batch)))
         terms.update(self.regularisers(out))
         return self.combine_losses(terms)

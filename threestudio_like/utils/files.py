@@ -1,9 +1,10 @@
 """Small file helpers shared by the run status, the batch state and the gallery."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
@@ -20,6 +21,21 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[str]:
+    """A temporary path beside ``path`` to write to; moved over ``path`` when the block
+    succeeds, removed when it fails (readers never see a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield str(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

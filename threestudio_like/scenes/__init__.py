@@ -1,0 +1,2 @@
+"""Scenes built from generated images rather than distilled: DepthFusion's 360-degree RGBD scenes
+(:mod:`.depthfusion`)."""
