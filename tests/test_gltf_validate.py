@@ -74,3 +74,19 @@ def test_without_the_package_the_reason_names_the_fix(tmp_path, monkeypatch):
         validate_gltf(glb)
     with pytest.raises(FileNotFoundError, match="no glTF file"):
         validate_gltf(tmp_path / "missing.glb")
+
+
+@needs_validator
+def test_depthfusion_scene_glb_has_no_validation_errors(tmp_path):
+    """The 360-degree scene mesh goes through the same GLB writer (double-sided material)."""
+    import numpy as np
+
+    from threestudio_like.scenes import depthfusion as DF
+
+    rows, cols = 16, 32
+    rgb = np.random.default_rng(0).integers(0, 255, (rows, cols, 3), dtype=np.uint8)
+    depth16 = np.full((rows, cols), 30000, np.uint16)
+    mesh = DF.sphere_mesh(rgb, depth16, 0.5, 5.0)
+    report = validate_gltf(DF.save_glb(mesh, str(tmp_path / "scene.glb")))
+    print(report.summary())
+    assert report.errors == 0 and report.counts["warning"] == 0, report.summary()

@@ -121,8 +121,9 @@ class _GlbBuffer:
         return len(self.accessors) - 1
 
 
-def glb_document(mesh: ExportMesh, name: str = "model") -> Tuple[dict, bytes]:
-    """The glTF JSON and binary chunk of ``mesh`` (one node, one primitive, one material)."""
+def glb_document(mesh: ExportMesh, name: str = "model", double_sided: bool = False) -> Tuple[dict, bytes]:
+    """The glTF JSON and binary chunk of ``mesh`` (one node, one primitive, one material);
+    ``double_sided``: both faces are shown (scenes seen from inside)."""
     buf = _GlbBuffer()
     attributes = {
         "POSITION": buf.accessor(mesh.vertices, "VEC3", _FLOAT, _ARRAY_BUFFER, bounds=True),
@@ -150,7 +151,8 @@ def glb_document(mesh: ExportMesh, name: str = "model") -> Tuple[dict, bytes]:
         "nodes": [{"mesh": 0, "name": name}],
         "meshes": [{"name": name, "primitives": [{"attributes": attributes, "indices": indices,
                                                   "material": 0, "mode": 4}]}],
-        "materials": [{"name": f"{name}_material", "pbrMetallicRoughness": pbr}],
+        "materials": [{"name": f"{name}_material", "pbrMetallicRoughness": pbr,
+                       **({"doubleSided": True} if double_sided else {})}],
         "accessors": buf.accessors,
         "bufferViews": buf.views,
         "buffers": [{"byteLength": len(buf.blob)}],
@@ -195,9 +197,9 @@ def glb_accessor(gltf: dict, blob: bytes, index: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype, count=acc["count"] * width, offset=start).reshape(acc["count"], width)
 
 
-def write_glb(path: str, mesh: ExportMesh, name: str = "model") -> str:
+def write_glb(path: str, mesh: ExportMesh, name: str = "model", double_sided: bool = False) -> str:
     """Binary glTF 2.0 with a PBR metallic-roughness material (and embedded texture)."""
-    data = glb_bytes(*glb_document(mesh, name))
+    data = glb_bytes(*glb_document(mesh, name, double_sided))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

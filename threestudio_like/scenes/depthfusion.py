@@ -20,7 +20,7 @@ duplicated first column (same positions, ``u = 1`` texture coordinates) and each
 of vertices at the pole (at the mean distance of the first / last row). Quads spanning a depth
 discontinuity (distance ratio above ``max_depth_ratio``) are cut rather than stretched.
 
-**Export and video.** :func:`save_glb` writes glTF's +Y-up frame (our x -> their Z, z -> Y,
+**Export and video.** :func:`save_glb` writes through the asset exporter's GLB writer in glTF's +Y-up frame (our x -> their Z, z -> Y,
 y -> X), the image as the base-colour texture. :func:`render_mesh` rasterises the mesh into a
 pinhole camera (nearest triangle wins; a preview renderer); :func:`pano_video` turns a
 full circle from the centre on a small parallax circle, :func:`orbit_video` swings around a
@@ -154,24 +154,19 @@ def _facing_origin(mesh: SceneMesh) -> SceneMesh:
 # export
 
 
-def to_gltf_axes(points: np.ndarray) -> np.ndarray:
-    """Our world (z up, front +x) -> glTF (+Y up, front +Z): ``(x, y, z) -> (y, z, x)``."""
-    return np.asarray(points)[..., [1, 2, 0]]
-
-
 def save_glb(mesh: SceneMesh, path: str) -> str:
-    """The mesh with its texture as a GLB in glTF's +Y-up frame (written atomically)."""
-    import trimesh
-    from PIL import Image
+    """The mesh with its texture as a GLB in glTF's +Y-up frame, through the asset exporter's
+    writer (double-sided: the scene is seen from inside)."""
+    from threestudio_like.export.cleanup import vertex_normals
+    from threestudio_like.export.formats import ExportMesh, write_glb
+    from threestudio_like.export.frames import to_export_frame
 
-    visual = trimesh.visual.TextureVisuals(
-        uv=mesh.uv, material=trimesh.visual.material.PBRMaterial(
-            baseColorTexture=Image.fromarray(mesh.texture), metallicFactor=0.0, roughnessFactor=1.0,
-            doubleSided=True))
-    scene_mesh = trimesh.Trimesh(to_gltf_axes(mesh.vertices), mesh.faces, visual=visual, process=False)
-    with atomic_path(path) as tmp:
-        scene_mesh.export(tmp, file_type="glb")
-    return path
+    vertices = np.asarray(mesh.vertices, np.float32)
+    faces = np.asarray(mesh.faces, np.int64)
+    normals = vertex_normals(vertices, faces)
+    export = ExportMesh(to_export_frame(vertices, "y"), faces, to_export_frame(normals, "y"),
+                        uvs=np.asarray(mesh.uv, np.float32), image=np.asarray(mesh.texture, np.uint8))
+    return write_glb(path, export, os.path.splitext(os.path.basename(path))[0], double_sided=True)
 
 
 # ------------------------------------------------------------------------------------------
