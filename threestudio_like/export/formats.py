@@ -30,6 +30,8 @@ from typing import Callable, Dict, List, Literal, Optional, Tuple, get_args
 
 import numpy as np
 
+from threestudio_like.utils.files import atomic_path
+
 ExportFormat = Literal["glb", "obj", "ply", "usdz"]
 FORMATS: Tuple[str, ...] = get_args(ExportFormat)
 USDZ_EXTRA = "pip install threestudio_like[usdz]"
@@ -62,14 +64,10 @@ class ExportMesh:
 
 
 def replace_into(path: str, write: Callable[[str], None]) -> str:
-    """``write(tmp)`` then move ``tmp`` over ``path``; the temporary file never outlives a failure."""
-    tmp = path + ".tmp"
-    try:
+    """``write(tmp)`` then move ``tmp`` over ``path`` (:func:`~threestudio_like.utils.files.atomic_path`:
+    the temporary file never outlives a failure)."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
