@@ -10,8 +10,11 @@ blobs, what a distilled density looks like), for which the clean-up's figures ar
 faces and components before and after, and the volume IoU against the object (64^3) of the raw
 and the cleaned mesh.
 
+``--normal-map`` also bakes the tangent-space normal map of the field's normals (the density
+gradient), as recipes with normals do by default.
+
 Run: ``python benchmarks/bench_export.py [--resolution 128] [--target-faces 20000]
-[--texture-size 1024] [--threads T] [--device cpu|cuda]``.
+[--texture-size 1024] [--normal-map] [--threads T] [--device cpu|cuda]``.
 """
 from __future__ import annotations
 
@@ -44,14 +47,15 @@ def bench(name: str, args: argparse.Namespace) -> None:
     geometry = ReferenceObjectGeometry(INPUTS[name]).to(args.device)
     material = find("no-material")({"color_activation": "none"}).to(args.device)
     exporter = MeshExporter({"isosurface_resolution": args.resolution, "target_faces": args.target_faces,
-                             "texture_size": args.texture_size})
+                             "texture_size": args.texture_size, "normal_map": args.normal_map or None})
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         exporter(geometry, material, out)
         total = time.perf_counter() - start
     report = exporter.last_report
     print(f"\n[{name}] device {args.device}, isosurface {args.resolution}^3, target {args.target_faces} faces, "
-          f"{'texture ' + str(args.texture_size) + '^2' if report.textured else 'vertex colours (no texture baker)'}")
+          f"{'texture ' + str(args.texture_size) + '^2' if report.textured else 'vertex colours (no texture baker)'}"
+          f"{', normal map' if report.normal_map else ''}")
     print(f"{'phase':<14}{'seconds':>9}")
     for phase, seconds in report.seconds.items():
         print(f"{phase:<14}{seconds:>9.3f}")
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--target-faces", type=int, default=20000)
     parser.add_argument("--texture-size", type=int, default=1024)
+    parser.add_argument("--normal-map", action="store_true", help="bake the normal map too")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-iou", dest="iou", action="store_false", help="skip the IoU figures")

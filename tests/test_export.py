@@ -234,9 +234,16 @@ def test_usdz_is_y_up_with_a_textured_preview_surface(textured_export):
     from pxr import Usd, UsdGeom, UsdShade
 
     _, _, folder = textured_export
+    import struct
+
+    raw = (folder / "model.usdz").read_bytes()
     with zipfile.ZipFile(folder / "model.usdz") as z:
         names = z.namelist()
         assert names[0].endswith(".usdc") and any(n.endswith("model.png") for n in names)
+        for info in z.infolist():  # USDZ: stored, each file's data 64-byte aligned
+            name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+            assert info.compress_type == zipfile.ZIP_STORED
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0
         z.extractall(folder / "unpacked")
     stage = Usd.Stage.Open(str(folder / "unpacked" / names[0]))
     assert UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.y
@@ -295,6 +302,77 @@ def test_the_real_baker_s_glb_texture_matches_the_colour_field(tmp_path, referen
                + image[y1, x0] * (1 - fx) * fy + image[y1, x1] * fx * fy)
     field = reference[0].export(torch.from_numpy(to_world_frame(points).astype(np.float32)))["features"].numpy()
     assert np.abs(texture - field).mean() < 0.02
+
+
+def _glb_image(gltf: dict, blob: bytes, index: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    view = gltf["bufferViews"][gltf["images"][index]["bufferView"]]
+    return np.asarray(Image.open(io.BytesIO(blob[view["byteOffset"]:view["byteOffset"] + view["byteLength"]])))
+
+
+def test_the_glb_normal_map_gives_back_the_field_normals(tmp_path, reference):
+    """Read back as glTF defines it (B = w (N x T), +Y of the map up in the image, UVs with v = 0
+    at the top), the GLB's normal map at 2,000 random surface points gives the field's own normals
+    (the analytic density gradient) in the GLB's frame; OBJ and USDZ carry the same map."""
+    pytest.importorskip("threestudio_like.export.texture", reason="the texture baker is not installed here")
+    from threestudio_like.export.tangents import decode_tangent_space
+    from threestudio_like.export.texture import sample_texture
+
+    wanted = ["glb", "obj"] + (["usdz"] if formats.usd_available() else [])
+    exporter = MeshExporter({"formats": wanted, "isosurface_resolution": 48, "texture_size": 256,
+                             "target_faces": 2000, "normal_map": True})
+    paths = exporter(*reference, str(tmp_path))
+    assert exporter.last_report.normal_map
+    gltf, blob = formats.read_glb(paths[0])
+    material = gltf["materials"][0]
+    assert material["normalTexture"]["index"] == 1 and gltf["textures"][1]["source"] == 1
+    pos, normal, tangent = (_primitive(gltf, blob, k) for k in ("POSITION", "NORMAL", "TANGENT"))
+    uv = _primitive(gltf, blob, "TEXCOORD_0")
+    assert np.allclose(np.linalg.norm(tangent[:, :3], axis=-1), 1, atol=1e-4) and set(np.unique(tangent[:, 3])) <= {-1, 1}
+    assert np.abs((tangent[:, :3] * normal).sum(-1)).max() < 1e-3
+    tri = _primitive(gltf, blob, "indices").reshape(-1, 3).astype(np.int64)
+    rng = np.random.default_rng(0)
+    faces = tri[rng.integers(0, len(tri), 2000)]
+    w = rng.dirichlet((1, 1, 1), 2000)[..., None]
+    points, texcoords = (pos[faces] * w).sum(1), (uv[faces] * w).sum(1)
+    n = (normal[faces] * w).sum(1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    t = (tangent[faces, :3] * w).sum(1)
+    t -= n * (t * n).sum(-1, keepdims=True)
+    t /= np.linalg.norm(t, axis=-1, keepdims=True)
+    b = np.cross(n, t) * np.sign((tangent[faces, 3:] * w).sum(1))
+    texels = sample_texture(_glb_image(gltf, blob, 1), np.stack([texcoords[:, 0], 1 - texcoords[:, 1]], 1))
+    decoded = decode_tangent_space(texels, (t, b, n))
+    world = torch.from_numpy(to_world_frame(points).astype(np.float32)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(reference[0].forward_density(world).sum(), world)
+    truth = to_export_frame(-grad.numpy(), "y")
+    truth /= np.linalg.norm(truth, axis=-1, keepdims=True)
+    error = np.degrees(np.arccos(np.clip((decoded * truth).sum(-1), -1, 1)))
+    mesh_error = np.degrees(np.arccos(np.clip((n * truth).sum(-1), -1, 1)))
+    print(f"normal map: median {np.median(error):.2f} deg, mean {error.mean():.2f}; "
+          f"mesh normals alone: median {np.median(mesh_error):.2f}, mean {mesh_error.mean():.2f}")
+    assert np.median(error) < 1.5 and np.median(error) < np.median(mesh_error) / 2
+    obj_dir = os.path.dirname(paths[1])
+    with open(os.path.join(obj_dir, "model.mtl"), encoding="utf-8") as f:
+        assert "map_Bump model_normal.png" in f.read()
+    assert os.path.exists(os.path.join(obj_dir, "model_normal.png"))
+    if "usdz" in wanted:
+        from pxr import Usd, UsdShade
+
+        stage = Usd.Stage.Open(paths[2])
+        surface = UsdShade.Shader(stage.GetPrimAtPath("/model/material/surface"))
+        (source,) = surface.GetInput("normal").GetConnectedSources()[0]
+        assert source.source.GetPath().name == "normal"
+
+
+def test_without_normals_in_the_recipe_no_normal_map_is_baked(tmp_path, reference):
+    exporter = MeshExporter({"formats": ["glb"], "isosurface_resolution": 32, "texture_size": 64})
+    exporter(*reference, str(tmp_path))
+    gltf, _ = formats.read_glb(os.path.join(tmp_path, "model.glb"))
+    assert not exporter.last_report.normal_map and "normalTexture" not in gltf["materials"][0]
 
 
 def test_a_failing_baker_falls_back_to_vertex_colours(tmp_path, reference, monkeypatch, capsys):

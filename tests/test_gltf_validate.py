@@ -22,15 +22,15 @@ REASON = unavailable_reason()
 needs_validator = pytest.mark.skipif(REASON is not None, reason=f"glTF validator unavailable: {REASON}")
 
 
-def export_tiny_demo_mesh(out_dir: Path) -> Path:
-    """The project's mesh exporter on an untrained hash-grid blob; returns the GLB."""
+def export_tiny_demo_mesh(out_dir: Path, **exporter: object) -> Path:
+    """The project's mesh exporter (``exporter`` settings) on an untrained hash-grid blob; returns the GLB."""
     from threestudio_like import find
 
     geometry = find("hashgrid-implicit-volume")(
         {"density_bias": "blob_magic3d", "density_blob_scale": 10.0, "density_blob_std": 0.5,
          "isosurface_resolution": 32, "isosurface_threshold": 5.0,
          "pos_encoding_config": {"n_levels": 4, "log2_hashmap_size": 10}, "mlp_network_config": {"n_neurons": 8}})
-    written = find("mesh-exporter")({})(geometry, find("no-material")({}), str(out_dir))
+    written = find("mesh-exporter")(dict(exporter))(geometry, find("no-material")({}), str(out_dir))
     (glb,) = [Path(p) for p in written if p.endswith(".glb")]
     return glb
 
@@ -43,6 +43,16 @@ def test_exported_glb_has_no_validation_errors(tmp_path):
     assert report.raw["info"]["totalTriangleCount"] > 100
     assert report.errors == 0, report.summary()
     assert report.counts["warning"] == len(report.issues("warning"))
+
+
+@needs_validator
+def test_a_normal_mapped_glb_has_no_validation_errors(tmp_path):
+    """TANGENTs (unit, w = +-1) and the normal texture pass the validator's checks."""
+    glb = export_tiny_demo_mesh(tmp_path / "export", normal_map=True, texture_size=128)
+    report = validate_gltf(glb)
+    print(report.summary())
+    assert report.raw["info"]["materialCount"] == 1 and report.raw["info"]["hasTextures"]
+    assert report.errors == 0 and report.counts["warning"] == 0, report.summary()
 
 
 @needs_validator

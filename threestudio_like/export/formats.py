@@ -57,10 +57,18 @@ class ExportMesh:
     """``[V, 2]`` float32 texture coordinates, OpenGL convention (``v = 0`` at the bottom)."""
     image: Optional[np.ndarray] = None
     """``[H, W, 3]`` uint8 sRGB base-colour texture, row 0 at the top."""
+    tangents: Optional[np.ndarray] = None
+    """``[V, 4]`` float32 unit tangents and handedness (glTF ``TANGENT``), with ``normal_image``."""
+    normal_image: Optional[np.ndarray] = None
+    """``[H, W, 3]`` uint8 tangent-space normal map (linear, OpenGL/glTF convention: +Y up)."""
 
     @property
     def textured(self) -> bool:
         return self.uvs is not None and self.image is not None
+
+    @property
+    def normal_mapped(self) -> bool:
+        return self.textured and self.tangents is not None and self.normal_image is not None
 
 
 def replace_into(path: str, write: Callable[[str], None]) -> str:
@@ -139,6 +147,11 @@ def glb_document(mesh: ExportMesh, name: str = "model", double_sided: bool = Fal
                              "wrapS": _CLAMP_TO_EDGE, "wrapT": _CLAMP_TO_EDGE}]
         gltf["textures"] = [{"sampler": 0, "source": 0}]
         pbr["baseColorTexture"] = {"index": 0, "texCoord": 0}
+        if mesh.normal_mapped:
+            attributes["TANGENT"] = buf.accessor(mesh.tangents, "VEC4", _FLOAT, _ARRAY_BUFFER)
+            gltf["images"].append({"bufferView": buf.view(png_bytes(mesh.normal_image)), "mimeType": "image/png",
+                                   "name": f"{name}_normal"})
+            gltf["textures"].append({"sampler": 0, "source": 1})
     elif mesh.colours is not None:
         attributes["COLOR_0"] = buf.accessor(srgb_to_linear(mesh.colours[:, :3]), "VEC3", _FLOAT, _ARRAY_BUFFER)
     indices = buf.accessor(mesh.faces.reshape(-1), "SCALAR", _UINT, _ELEMENT_ARRAY_BUFFER)
@@ -150,6 +163,7 @@ def glb_document(mesh: ExportMesh, name: str = "model", double_sided: bool = Fal
         "meshes": [{"name": name, "primitives": [{"attributes": attributes, "indices": indices,
                                                   "material": 0, "mode": 4}]}],
         "materials": [{"name": f"{name}_material", "pbrMetallicRoughness": pbr,
+                       **({"normalTexture": {"index": 1, "texCoord": 0}} if mesh.normal_mapped else {}),
                        **({"doubleSided": True} if double_sided else {})}],
         "accessors": buf.accessors,
         "bufferViews": buf.views,
@@ -218,15 +232,20 @@ def write_texture(path: str, image: np.ndarray) -> str:
     return replace_into(path, write)
 
 
-def write_obj(path: str, mesh: ExportMesh, texture: Optional[str] = None, frame_note: str = "") -> List[str]:
+def write_obj(path: str, mesh: ExportMesh, texture: Optional[str] = None, frame_note: str = "",
+              normal_texture: Optional[str] = None) -> List[str]:
     """Wavefront OBJ with ``vt``/``vn``, ``mtllib``/``usemtl`` and an MTL next to it whose
-    ``map_Kd`` names ``texture`` (a PNG written beforehand); vertex colours (``v x y z r g b``)
-    when the mesh has no texture. Returns the paths written (OBJ first)."""
+    ``map_Kd`` names ``texture`` (a PNG written beforehand) and ``map_Bump`` the tangent-space
+    ``normal_texture`` (Blender's importer reads ``map_Bump`` as a normal map; OBJ stores no
+    tangents, so importers compute them from the UVs); vertex colours (``v x y z r g b``) when the
+    mesh has no texture. Returns the paths written (OBJ first)."""
     stem = os.path.splitext(os.path.basename(path))[0]
     mtl_path = os.path.join(os.path.dirname(path), f"{stem}.mtl")
     mtl = [f"# {GENERATOR}", f"newmtl {stem}_material", "Ka 0 0 0", "Kd 1 1 1", "Ks 0 0 0", "d 1", "illum 1"]
     if mesh.textured and texture:
         mtl.append(f"map_Kd {os.path.basename(texture)}")
+        if normal_texture:
+            mtl.append(f"map_Bump {os.path.basename(normal_texture)}")
 
     def write_mtl(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -256,7 +275,7 @@ def write_obj(path: str, mesh: ExportMesh, texture: Optional[str] = None, frame_
                 np.savetxt(f, np.repeat(idx, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
 
     replace_into(path, write)
-    return [path, mtl_path] + ([texture] if textured else [])
+    return [path, mtl_path] + ([texture] if textured else []) + ([normal_texture] if textured and normal_texture else [])
 
 
 # ---------------------------------------------------------------------------------------- PLY
@@ -298,7 +317,7 @@ def usd_available() -> bool:
 def write_usdz(path: str, mesh: ExportMesh, name: str = "model") -> str:
     """USDZ for AR viewers (+Y up, metres): a UsdGeom mesh with a UsdPreviewSurface material
     whose diffuse colour reads the texture through ``st`` (or ``displayColor`` without one)."""
-    from pxr import Gf, Sdf, Usd, UsdGeom, UsdShade, UsdUtils, Vt
+    from pxr import Gf, Sdf, Usd, UsdGeom, UsdShade, Vt
 
     work = tempfile.mkdtemp(prefix=".usdz-", dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -326,18 +345,30 @@ def write_usdz(path: str, mesh: ExportMesh, name: str = "model") -> str:
         diffuse = surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f)
         reader = UsdShade.Shader.Define(stage, f"/{name}/material/reader")
         if mesh.textured:
+            os.makedirs(os.path.join(work, "textures"))
             st = primvars.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
             st.Set(Vt.Vec2fArray.FromNumpy(np.ascontiguousarray(mesh.uvs, np.float32)))
-            write_texture(os.path.join(work, f"{name}.png"), mesh.image)
+            write_texture(os.path.join(work, "textures", f"{name}.png"), mesh.image)
             reader.CreateIdAttr("UsdPrimvarReader_float2")
             reader.CreateInput("varname", Sdf.ValueTypeNames.Token).Set("st")
             texture = UsdShade.Shader.Define(stage, f"/{name}/material/basecolor")
             texture.CreateIdAttr("UsdUVTexture")
-            texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(f"{name}.png")
+            texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(f"textures/{name}.png")
             texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
             texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
                 reader.ConnectableAPI(), "result")
             diffuse.ConnectToSource(texture.ConnectableAPI(), "rgb")
+            if mesh.normal_mapped:  # tangent space, decoded by scale 2 and bias -1 (linear data)
+                write_texture(os.path.join(work, "textures", f"{name}_normal.png"), mesh.normal_image)
+                bump = UsdShade.Shader.Define(stage, f"/{name}/material/normal")
+                bump.CreateIdAttr("UsdUVTexture")
+                bump.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(f"textures/{name}_normal.png")
+                bump.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("raw")
+                bump.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(2.0, 2.0, 2.0, 1.0))
+                bump.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(-1.0, -1.0, -1.0, 0.0))
+                bump.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.ConnectableAPI(), "result")
+                surface.CreateInput("normal", Sdf.ValueTypeNames.Normal3f).ConnectToSource(
+                    bump.ConnectableAPI(), "rgb")
         else:
             colours = mesh.colours if mesh.colours is not None else np.full((len(mesh.vertices), 4), 255, np.uint8)
             geom.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(
@@ -348,9 +379,14 @@ def write_usdz(path: str, mesh: ExportMesh, name: str = "model") -> str:
         material.CreateSurfaceOutput().ConnectToSource(surface.ConnectableAPI(), "surface")
         UsdShade.MaterialBindingAPI.Apply(geom.GetPrim()).Bind(material)
         stage.GetRootLayer().Save()
+        # The package: the stage first, then its textures under the same relative paths
+        # (ZipFileWriter stores them uncompressed and 64-byte aligned, as USDZ requires).
         package = os.path.join(work, f"{name}.usdz")
-        if not UsdUtils.CreateNewUsdzPackage(Sdf.AssetPath(stage_path), package):
-            raise RuntimeError(f"usd-core could not package {stage_path} as USDZ.")
+        writer = Sdf.ZipFileWriter.CreateNew(package)
+        writer.AddFile(stage_path, f"{name}.usdc")
+        for texture_name in sorted(os.listdir(os.path.join(work, "textures"))) if mesh.textured else []:
+            writer.AddFile(os.path.join(work, "textures", texture_name), f"textures/{texture_name}")
+        writer.Save()
         return replace_into(path, lambda tmp: shutil.copyfile(package, tmp))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,10 @@ The pipeline, one phase each (timed in :class:`ExportReport`):
 2. **cleanup**: floaters off, holes closed, quadric decimation (:mod:`.cleanup`);
 3. **colours**: the material's albedo at every vertex (material-free base colour);
 4. **texture**: a UV atlas and a baked base-colour image where ``bake_texture`` is set and the
-   baker (``threestudio_like.export.texture``) is installed; vertex colours otherwise;
+   baker (``threestudio_like.export.texture``) is installed; vertex colours otherwise. With
+   ``normal_map`` (by default where the recipe's geometry computes normals) also a tangent-space
+   normal map of the field's normals (:mod:`.tangents`), which keeps the detail that decimation
+   removed; GLB carries it with ``TANGENT``s, OBJ as ``map_Bump``, USDZ as the surface's normal;
 5. **write**: each format in its own frame (:mod:`.frames`: GLB and USDZ +Y up with the front at
    +Z; OBJ and PLY by ``up_axis``), each file through a ``.tmp`` and ``os.replace``
    (:mod:`.formats`).
@@ -59,6 +62,8 @@ class ExportReport:
     """Wall time of each phase."""
     notes: List[str] = field(default_factory=list)
     """What the user should know: a replaced level, a skipped format, no texture baker."""
+    normal_map: bool = False
+    """Whether a tangent-space normal map was baked and written."""
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -92,6 +97,8 @@ class MeshExporter(BaseObject):
         """UV-unwrap and bake a base-colour texture (needs the texture baker); else vertex colours."""
         texture_size: int = 1024
         """Texture width and height in pixels."""
+        normal_map: Optional[bool] = None
+        """Bake a tangent-space normal map of the field's normals; None: where the geometry has normals."""
         texture_padding: int = 4
         """Texels of seam padding (dilation) around each UV chart."""
         color_chunk: int = 262144
@@ -141,6 +148,29 @@ class MeshExporter(BaseObject):
             out.append(material.export(features)["albedo"][..., :3].clamp(0, 1))
         return torch.cat(out) if out else torch.zeros(0, 3, device=device)
 
+    def field_normals(self, points: Tensor, geometry: Any) -> Tensor:
+        """Unit outward normals ``[N, 3]`` of the field at world ``points``: the geometry's own
+        (its ``normal_type``) or else the analytic gradient of the density, ``-grad / |grad|``."""
+        out = []
+        device = next(iter(geometry.parameters()), torch.empty(0)).device
+        own = getattr(geometry.cfg, "normal_type", None) is not None
+        for chunk in points.split(self.cfg.color_chunk):
+            chunk = chunk.to(device).float()
+            if own:
+                out.append(geometry(chunk, output_normal=True)["normal"].detach())
+                continue
+            with torch.enable_grad():
+                chunk = chunk.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(geometry.forward_density(chunk).sum(), chunk)
+            out.append(torch.nn.functional.normalize(-grad, dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, 3, device=device)
+
+    def wants_normal_map(self, geometry: Any) -> bool:
+        """Whether to bake a normal map: as configured, else where the geometry has normals."""
+        if self.cfg.normal_map is not None:
+            return bool(self.cfg.normal_map)
+        return getattr(getattr(geometry, "cfg", None), "normal_type", None) is not None
+
     def vertex_colours(self, verts: Tensor, geometry: Any, material: Any) -> np.ndarray:
         """sRGB bytes ``[V, 3]`` of the albedo at ``verts``."""
         rgb = self.albedo(torch.as_tensor(verts), geometry, material).cpu()
@@ -189,7 +219,8 @@ class MeshExporter(BaseObject):
         lap("cleanup")
         colours = _rgba(self.vertex_colours(torch.from_numpy(verts), geometry, material))
         lap("colours")
-        baked = self.bake(verts, faces, geometry, material, notes, lambda stage, fraction: progress.update(0))
+        baked = self.bake(verts, faces, normals, geometry, material, notes,
+                          lambda stage, fraction: progress.update(0))
         lap("texture")
         if "all" in cfg.formats and not formats.usd_available():
             notes.append(f"usdz skipped: usd-core is not installed ({formats.USDZ_EXTRA})")
@@ -204,11 +235,12 @@ class MeshExporter(BaseObject):
             files[fmt] = self.write(fmt, path, meshes, plain, out_dir)
             lap(f"write {fmt}")
         progress.close()
-        self.last_report = ExportReport(asdict(level), clean.as_dict(), baked is not None, files, seconds, notes)
+        self.last_report = ExportReport(asdict(level), clean.as_dict(), baked is not None, files, seconds, notes,
+                                        normal_map=getattr(baked, "tangents", None) is not None)
         return [paths[0] for paths in files.values()]
 
-    def bake(self, verts: np.ndarray, faces: np.ndarray, geometry: Any, material: Any, notes: List[str],
-             progress: Optional[Callable[[str, float], None]] = None) -> Any:
+    def bake(self, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray, geometry: Any, material: Any,
+             notes: List[str], progress: Optional[Callable[[str, float], None]] = None) -> Any:
         """The baked texture (``BakedTexture``) or None: not asked, no baker installed, or the
         bake failed (a note says which; the export goes on with vertex colours)."""
         if not self.cfg.bake_texture:
@@ -218,11 +250,14 @@ class MeshExporter(BaseObject):
             notes.append("no texture baker installed (threestudio_like.export.texture): vertex colours only")
             return None
         device = next(iter(geometry.parameters()), torch.empty(0)).device
+        extra: Dict[str, Any] = {}
+        if self.wants_normal_map(geometry):
+            extra = {"normal_fn": lambda p: self.field_normals(p, geometry), "normals": normals}
         try:
             return bake_texture(
                 verts.astype(np.float32), faces.astype(np.int64), lambda p: self.albedo(p, geometry, material),
                 texture_size=self.cfg.texture_size, padding=self.cfg.texture_padding, device=device,
-                chunk=self.cfg.color_chunk, progress=progress,
+                chunk=self.cfg.color_chunk, progress=progress, **extra,
             )
         except Exception as exc:  # noqa: BLE001 - a finished run keeps its mesh: vertex colours, and why
             notes.append(f"texture baking failed ({type(exc).__name__}: {exc}); vertex colours only")
@@ -236,10 +271,14 @@ class MeshExporter(BaseObject):
             return formats.ExportMesh(to_export_frame(verts.astype(np.float32), up_axis), faces,
                                       to_export_frame(normals, up_axis), colours)
         vmap = np.asarray(baked.vmapping, dtype=np.int64)
+        tangents = getattr(baked, "tangents", None)
+        if tangents is not None:  # the frame turns T; the handedness w stays (a proper rotation)
+            tangents = np.concatenate([to_export_frame(tangents[:, :3], up_axis), tangents[:, 3:]], axis=1)
         return formats.ExportMesh(
             to_export_frame(np.asarray(baked.vertices, np.float32), up_axis), np.asarray(baked.faces, np.int64),
             to_export_frame(normals[vmap], up_axis), colours[vmap],
             np.asarray(baked.uvs, np.float32), np.asarray(baked.image, np.uint8),
+            tangents, getattr(baked, "normal_map", None) if tangents is not None else None,
         )
 
     def write(self, fmt: str, path: str, meshes: Dict[str, formats.ExportMesh],
@@ -252,10 +291,14 @@ class MeshExporter(BaseObject):
             return [formats.write_usdz(path, meshes["y"], self.cfg.save_name)]
         if fmt == "ply":  # vertex colours on the unsplit mesh
             return [formats.write_ply(path, plain[axis])]
-        texture = None
+        texture = normal_texture = None
         if meshes[axis].textured:
             texture = formats.write_texture(os.path.join(out_dir, f"{self.cfg.save_name}.png"), meshes[axis].image)
-        return formats.write_obj(path, meshes[axis], texture, frame_note=f"up_axis={axis}")
+        if meshes[axis].normal_mapped:
+            normal_texture = formats.write_texture(os.path.join(out_dir, f"{self.cfg.save_name}_normal.png"),
+                                                   meshes[axis].normal_image)
+        return formats.write_obj(path, meshes[axis], texture, frame_note=f"up_axis={axis}",
+                                 normal_texture=normal_texture)
 
 
 def _rgba(rgb: np.ndarray) -> np.ndarray:

@@ -34,12 +34,14 @@ import torch
 from torch import Tensor
 
 from threestudio_like.errors import ConfigError, at_least
+from threestudio_like.export.cleanup import vertex_normals
 from threestudio_like.export.raster import (
     barycentrics_of,
     dilate_ids,
     push_pull_fill,
     rasterise,
 )
+from threestudio_like.export.tangents import texel_frames, to_tangent_space, vertex_tangents
 
 FieldFn = Callable[[Tensor], Tensor]
 Progress = Callable[[str, float], None]
@@ -60,8 +62,11 @@ class BakedTexture:
     image: np.ndarray
     """``[H, W, 3]`` uint8 base colour (row 0 = top of the image, as PNG stores it)."""
     normal_map: np.ndarray | None = None
-    """``[H, W, 3]`` uint8 object-space unit normals, ``(n + 1) / 2 * 255``, in the input frame (see
-    :func:`rotate_normal_map` when the mesh is turned); None when not baked."""
+    """``[H, W, 3]`` uint8 tangent-space normal map (glTF/OpenGL convention, :mod:`.tangents`);
+    None when not baked."""
+    tangents: np.ndarray | None = None
+    """``[V', 4]`` float32 unit tangents and handedness ``(T, w)`` the normal map is relative to;
+    None when no normal map was baked."""
 
 
 def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,12 +155,15 @@ def bake_texture(
     texture_size: int = 1024,
     padding: int = 4,
     normal_fn: FieldFn | None = None,
+    normals: np.ndarray | None = None,
     device: torch.device | None = None,
     chunk: int = 262144,
     progress: Progress | None = None,
 ) -> BakedTexture:
     """UV-unwrap a mesh and bake ``colour_fn`` (world points ``[N, 3]`` -> colours in [0, 1]) into a
-    ``texture_size`` square texture, and ``normal_fn`` (-> unit normals) into a normal map.
+    ``texture_size`` square texture, and ``normal_fn`` (-> unit normals) into a tangent-space
+    normal map relative to the vertex ``normals`` ``[V, 3]`` (default: area-weighted face normals),
+    the ones the written mesh carries, and the per-vertex tangents it returns.
 
     ``padding`` texels around every chart get the colour of the nearest chart edge; the rest of
     the background is push-pull filled. Fields run on ``device`` (default CPU) in chunks of ``chunk``
@@ -202,9 +210,15 @@ def bake_texture(
         return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
     image = bake(colour_fn, "colour", lambda c: c.clamp(0, 1))
-    normal_map = None
+    normal_map = tangents = None
     if normal_fn is not None:
-        normal_map = bake(normal_fn, "normal", lambda n: torch.nn.functional.normalize(n, dim=-1) * 0.5 + 0.5)
+        if normals is None:
+            normals = vertex_normals(vertices, faces)
+        split_normals = np.asarray(normals, np.float32)[vmapping]
+        tangents = vertex_tangents(out_vertices, out_faces, uvs, split_normals)
+        frames = texel_frames(torch.from_numpy(split_normals).to(device), torch.from_numpy(tangents).to(device),
+                              tri, weights)
+        normal_map = bake(normal_fn, "normal", lambda n: to_tangent_space(n, frames))
     return BakedTexture(
         vertices=out_vertices.astype(np.float32),
         faces=out_faces,
@@ -212,16 +226,8 @@ def bake_texture(
         vmapping=vmapping,
         image=image,
         normal_map=normal_map,
+        tangents=tangents,
     )
-
-
-def rotate_normal_map(normal_map: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """An object-space normal map (uint8 ``[H, W, 3]``) re-expressed after the mesh is turned by
-    the 3x3 ``rotation`` (``v' = R v``): normals turn alike, ``n' = R n``, then are re-encoded."""
-    normals = normal_map.astype(np.float32) / 255.0 * 2.0 - 1.0
-    turned = normals @ np.asarray(rotation, np.float32).T
-    turned /= np.maximum(np.linalg.norm(turned, axis=-1, keepdims=True), 1e-8)
-    return ((turned * 0.5 + 0.5).clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def sample_texture(image: np.ndarray | Tensor, uv: np.ndarray | Tensor) -> np.ndarray | Tensor:
@@ -231,7 +237,7 @@ def sample_texture(image: np.ndarray | Tensor, uv: np.ndarray | Tensor) -> np.nd
     numpy array for numpy input and a tensor (on the image's device) otherwise.
     """
     as_numpy = isinstance(image, np.ndarray)
-    img = torch.as_tensor(image)
+    img = torch.as_tensor(image if not isinstance(image, np.ndarray) or image.flags.writeable else image.copy())
     img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
     uv_t = torch.as_tensor(uv, dtype=torch.float32, device=img.device)
     height, width = img.shape[:2]
