@@ -349,7 +349,8 @@ def test_recipe_trains_with_tiny_random(tmp_path, config, n_refs):
     assert main(args) == 0
     (trial,) = glob.glob(str(tmp_path / config / "*"))
     assert os.path.basename(trial).startswith("view0@" if n_refs == 1 else "views@")
-    for rel in ("ckpts/last.ckpt", "save/it2-test.mp4", "save/it2-export/model.obj", "save/it2-0.png"):
+    for rel in ("ckpts/last.ckpt", "save/it2-test.mp4", "save/it2-export/model.obj", "save/it2-0.png",
+                "save/it2-export/model_normal.png"):  # analytic normals: a normal map by default
         assert os.path.isfile(os.path.join(trial, rel)), rel
     ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and not [k for k in ckpt["state_dict"] if "unet" in k or "image_encoder" in k]
