@@ -52,16 +52,17 @@ from threestudio_like.geometry.config_dicts import (
     key_path,
     plain_dict,
 )
+from threestudio_like.geometry.hashgrid_torch import (
+    LevelConstants,
+    encode,
+    padded_output,
+)
 from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
 
 # tcnn's coherent prime hash factors (first one is 1 on purpose: memory coherence along x).
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
 _BACKENDS = ("auto", "tcnn", "torch")
-
-# Corner-elements (points x levels x corners) processed per level block by the torch backend;
-# bounds the int64 index / gathered-feature temporaries to a few hundred MB.
-_MAX_BLOCK_ELEMENTS = 2**23
 
 _tcnn_module: Any = None
 _tcnn_checked = False
@@ -212,25 +213,6 @@ class HashGridEncoding(nn.Module, Updateable):
         scales = torch.tensor([lv["scale"] for lv in self.levels], dtype=torch.float32)
         self.register_buffer("_scale_bits", scales.view(torch.int32), persistent=False)
         self.register_buffer("_multipliers", mult, persistent=False)
-        bits = torch.tensor(
-            [[(c >> (D - 1 - d)) & 1 for d in range(D)] for c in range(1 << D)], dtype=torch.int64
-        )  # [2^D, D]
-        deltas = mult @ bits.T  # dense levels: index offset of each corner from the lower corner
-        deltas[[lv["hashed"] for lv in self.levels]] = 0
-        self.register_buffer("_corner_deltas", deltas.to(torch.int32), persistent=False)  # [L, 2^D]
-        self.register_buffer(
-            "_pair_terms", torch.stack((torch.zeros_like(mult), mult), dim=-1), persistent=False
-        )  # [L, D, 2]
-        self.register_buffer(
-            "_offsets",
-            torch.tensor([lv["offset"] for lv in self.levels], dtype=torch.int32),
-            persistent=False,
-        )
-        self.register_buffer(
-            "_table_sizes",
-            torch.tensor([lv["table_size"] for lv in self.levels], dtype=torch.int32),
-            persistent=False,
-        )
         self._tcnn_holder: Dict[str, Any] = {}  # plain dict: the tcnn module is not a child module
 
     # ------------------------------------------------------------------------------------------
@@ -303,73 +285,26 @@ class HashGridEncoding(nn.Module, Updateable):
                 out = self._forward_torch(x)
         return out.reshape(*lead, self.n_output_dims)
 
+    def level_constants(self) -> LevelConstants:
+        """Per-level constants for the kernels of :mod:`.hashgrid_torch` (and the Triton backend)."""
+        return LevelConstants(
+            scale_bits=self._scale_bits,
+            multipliers=self._multipliers,
+            offsets=tuple(lv["offset"] for lv in self.levels),
+            table_sizes=tuple(lv["table_size"] for lv in self.levels),
+            hashed=tuple(lv["hashed"] for lv in self.levels),
+            hash_mask=(1 << self.log2_hashmap_size) - 1,
+        )
+
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        n_active = self.current_level
         N, F = x.shape[0], self.n_features_per_level
         dtype = torch.promote_types(x.dtype, self.params.dtype)
         x = x.to(dtype)
-        table = self.table.to(dtype)
-        pieces = []
-        if n_active > 0:
-            block = max(1, _MAX_BLOCK_ELEMENTS // (N * (1 << self.n_input_dims)))
-            start = 0
-            while start < n_active:
-                hashed = self.levels[start]["hashed"]
-                stop = start + 1
-                # Blocks never mix dense and hashed levels.
-                while (
-                    stop < n_active
-                    and stop - start < block
-                    and self.levels[stop]["hashed"] == hashed
-                ):
-                    stop += 1
-                pieces.append(self._encode_levels(x, table, start, stop, hashed))
-                start = stop
-        if n_active < self.n_levels:
-            pieces.append(x.new_zeros(N, self.n_levels - n_active, F))
-        return torch.cat(pieces, dim=1).reshape(N, self.n_output_dims)
-
-    def _encode_levels(
-        self, x: torch.Tensor, table: torch.Tensor, l0: int, l1: int, hashed: bool
-    ) -> torch.Tensor:
-        """Levels ``l0:l1`` (all dense or all hashed) -> ``[N, l1 - l0, F]``."""
-        N, D = x.shape
-        n_lv = l1 - l0
-        scale = self._scale_bits[l0:l1].view(torch.float32).to(x.dtype)
-        pos = x[:, None, :] * scale[None, :, None] + 0.5  # [N, Lb, D]
-        pos_floor = torch.floor(pos)
-        frac = pos - pos_floor  # interpolation weights, differentiable in x
-        # Per-dimension index terms of the lower corner: coord * (prime | res^d), [N, Lb, D].
-        corner0 = pos_floor.to(torch.int64) * self._multipliers[l0:l1]
-
-        # Corners are numbered with dimension 0 as the most significant bit. Products are formed
-        # in int64; once reduced below the table size, indices continue in int32 (less traffic).
-        if hashed:
-            # "% table_size" of the uint32 hash: hashed levels always hold 2^log2T entries, so it
-            # is a bit mask, which commutes with XOR and may be applied per term; the low 32 bits
-            # of int64 and uint32 products agree.
-            pairs = corner0[..., None] + self._pair_terms[l0:l1]  # [N, Lb, D, 2]: (c*m, (c+1)*m)
-            pairs = (pairs & ((1 << self.log2_hashmap_size) - 1)).to(torch.int32)
-            index = pairs[..., 0, :]
-            for d in range(1, D):
-                index = (index[..., :, None] ^ pairs[..., d, None, :]).flatten(-2)
-        else:
-            # Dense index is linear in the corner: lower-corner index + per-corner constant. For
-            # inputs in [0,1] it stays below res^D + res^(D-1) + ... < 2 * size, so "% size" is
-            # a single conditional subtraction.
-            base = corner0.sum(dim=-1, keepdim=True).to(torch.int32)
-            index = base + self._corner_deltas[l0:l1]  # [N, Lb, 2^D]
-            sizes = self._table_sizes[l0:l1][None, :, None]
-            index = torch.where(index >= sizes, index - sizes, index)
-        index = index + self._offsets[l0:l1][None, :, None]
-        w_pairs = torch.stack((1.0 - frac, frac), dim=-1)  # [N, Lb, D, 2]
-        weight = w_pairs[..., 0, :]
-        for d in range(1, D):
-            weight = (weight[..., :, None] * w_pairs[..., d, None, :]).flatten(-2)
-        feats = table.index_select(0, index.reshape(-1).to(torch.int64)).view(
-            N, n_lv, 1 << D, self.n_features_per_level
-        )
-        return torch.einsum("nlc,nlcf->nlf", weight, feats)
+        params = self.params.to(dtype)
+        out = None
+        if self.current_level > 0:
+            out = encode(params, x, self.level_constants(), self.current_level, F)
+        return padded_output(out, N, self.n_levels, F, x)
 
     def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
         enc = self._tcnn_holder.get("module")
