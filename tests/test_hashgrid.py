@@ -255,6 +255,28 @@ def test_backend_selection_on_cpu():
     tcnn_enc = HashGridEncoding(n_levels=2, log2_hashmap_size=10, backend="tcnn")
     with pytest.raises(RuntimeError, match="tcnn|tinycudann|CUDA"):
         tcnn_enc(x)
+    with pytest.raises(RuntimeError, match="triton"):
+        HashGridEncoding(n_levels=2, log2_hashmap_size=10, backend="triton")(x)
+    assert enc.active_backend(torch.device("cpu")) == "torch"
+
+
+def test_backend_resolution_on_cuda(monkeypatch):
+    # The choice for CUDA inputs, with the availability of tcnn / triton simulated.
+    from threestudio_like.geometry import hashgrid_triton
+    from threestudio_like.geometry.hashgrid import resolve_backend
+
+    yes, no = (lambda: True), (lambda: False)
+    monkeypatch.setattr(hashgrid_triton, "triton_available", yes)
+    assert resolve_backend("auto", "cuda", yes, True) == "tcnn"
+    assert resolve_backend("auto", "cuda", no, True) == "triton"
+    assert resolve_backend("auto", "cuda", no, False) == "torch"  # e.g. float64 or 2-D inputs
+    assert resolve_backend("triton", "cuda", yes, True) == "triton"
+    assert resolve_backend("auto", "cpu", yes, True) == "torch"
+    assert resolve_backend("torch", "cuda", yes, True) == "torch"
+    monkeypatch.setattr(hashgrid_triton, "triton_available", no)
+    assert resolve_backend("auto", "cuda", no, True) == "torch"
+    with pytest.raises(RuntimeError, match="triton"):
+        resolve_backend("triton", "cuda", no, True)
 
 
 def test_state_dict_is_the_flat_tcnn_parameter():

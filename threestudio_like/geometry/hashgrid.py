@@ -1,12 +1,15 @@
 """Multi-resolution hash encoding (Instant-NGP) with tiny-cuda-nn semantics.
 
-Two backends compute the same function from the same parameters:
+Three backends compute the same function from the same parameters:
 
-* ``"torch"``: a vectorised pure-PyTorch implementation (CPU or CUDA). It is twice
-  differentiable (analytic normals with ``create_graph=True`` work).
+* ``"torch"``: a vectorised pure-PyTorch implementation (CPU or CUDA, :mod:`.hashgrid_torch`). It
+  is twice differentiable (analytic normals with ``create_graph=True`` work).
+* ``"triton"``: Triton kernels (CUDA, no compile step of ours; :mod:`.hashgrid_triton`), once
+  differentiable: inputs that need a gradient go to the torch backend.
 * ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only), built lazily on first use.
 
-``backend="auto"`` takes tcnn when ``tinycudann`` imports *and* the input lives on CUDA, else torch.
+``backend="auto"`` on CUDA inputs takes tcnn when ``tinycudann`` imports, else Triton when it
+imports (3-D float32 inputs), else torch; on CPU always torch (:func:`resolve_backend`).
 
 tiny-cuda-nn semantics reproduced here (``include/tiny-cuda-nn/encodings/grid.h`` and
 ``common_device.h``; values computed in float32 like tcnn):
@@ -38,7 +41,7 @@ band mask is applied to the output (as threestudio's ``ProgressiveBandHashGrid``
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -52,6 +55,7 @@ from threestudio_like.geometry.config_dicts import (
     key_path,
     plain_dict,
 )
+from threestudio_like.geometry import hashgrid_triton
 from threestudio_like.geometry.hashgrid_torch import (
     LevelConstants,
     encode,
@@ -62,7 +66,7 @@ from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
 # tcnn's coherent prime hash factors (first one is 1 on purpose: memory coherence along x).
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
-_BACKENDS = ("auto", "tcnn", "torch")
+_BACKENDS = ("auto", "tcnn", "triton", "torch")
 
 _tcnn_module: Any = None
 _tcnn_checked = False
@@ -80,6 +84,44 @@ def tcnn_available() -> bool:
         except Exception:  # ImportError, or EnvironmentError raised on machines without CUDA
             _tcnn_module = None
     return _tcnn_module is not None
+
+
+def resolve_backend(
+    requested: str, device_type: str, tcnn_ok: Callable[[], bool], triton_fits: bool
+) -> str:
+    """``tcnn`` | ``triton`` | ``torch`` for a ``backend`` setting and the inputs' device type.
+
+    ``tcnn_ok`` is asked only for CUDA inputs; ``triton_fits``: the inputs suit the Triton kernels
+    (3-D, float32). An explicit backend that cannot run raises with the way out.
+    """
+    cuda = device_type == "cuda"
+    if requested == "torch":
+        return "torch"
+    if requested == "tcnn":
+        if not tcnn_ok():
+            raise RuntimeError(
+                "HashGridEncoding(backend='tcnn'): tinycudann cannot be imported. Install "
+                "tiny-cuda-nn's torch bindings on a CUDA machine, or use backend='auto' / 'torch'."
+            )
+        if not cuda:
+            raise RuntimeError(
+                "HashGridEncoding(backend='tcnn') needs CUDA inputs; use backend='auto' on CPU."
+            )
+        return "tcnn"
+    triton_ok = cuda and hashgrid_triton.triton_available()  # imports triton only for CUDA inputs
+    if requested == "triton":
+        if not (cuda and triton_ok and triton_fits):
+            raise RuntimeError(
+                "HashGridEncoding(backend='triton') needs CUDA float32 [N, 3] inputs and an "
+                f"importable triton ({hashgrid_triton.triton_unavailable_reason() or 'ok'}); "
+                "use backend='auto' or 'torch'."
+            )
+        return "triton"
+    if cuda and tcnn_ok():
+        return "tcnn"
+    if cuda and triton_ok and triton_fits:
+        return "triton"
+    return "torch"
 
 
 def level_layout(
@@ -150,7 +192,7 @@ class HashGridEncoding(nn.Module, Updateable):
         super().__init__()
         if backend not in _BACKENDS:
             raise ConfigError(
-                f"HashGridEncoding backend must be 'auto', 'tcnn' or 'torch', got {backend!r}."
+                f"HashGridEncoding backend must be 'auto', 'tcnn', 'triton' or 'torch', got {backend!r}."
                 f"{did_you_mean(str(backend), _BACKENDS)}"
             )
         if not 1 <= n_input_dims <= len(HASH_PRIMES):
@@ -214,6 +256,7 @@ class HashGridEncoding(nn.Module, Updateable):
         self.register_buffer("_scale_bits", scales.view(torch.int32), persistent=False)
         self.register_buffer("_multipliers", mult, persistent=False)
         self._tcnn_holder: Dict[str, Any] = {}  # plain dict: the tcnn module is not a child module
+        self._triton_tables: Dict[torch.device, Dict[str, torch.Tensor]] = {}  # per device
 
     # ------------------------------------------------------------------------------------------
     # parameters / schedule
@@ -249,22 +292,15 @@ class HashGridEncoding(nn.Module, Updateable):
     # ------------------------------------------------------------------------------------------
     # forward
 
+    def active_backend(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """The backend :meth:`forward` uses for inputs on ``device`` (``tcnn`` | ``triton`` | ``torch``)."""
+        device_type = torch.device(device).type
+        triton_fits = hashgrid_triton.supports(self.n_input_dims, dtype) and self.params.dtype == dtype
+        return resolve_backend(self.backend, device_type, tcnn_available, triton_fits)
+
     def use_tcnn(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward` on ``x`` would run tiny-cuda-nn."""
-        if self.backend == "torch":
-            return False
-        if self.backend == "tcnn":
-            if not tcnn_available():
-                raise RuntimeError(
-                    "HashGridEncoding(backend='tcnn'): tinycudann cannot be imported. Install "
-                    "tiny-cuda-nn's torch bindings on a CUDA machine, or use backend='auto' / 'torch'."
-                )
-            if not x.is_cuda:
-                raise RuntimeError(
-                    "HashGridEncoding(backend='tcnn') needs CUDA inputs; use backend='auto' on CPU."
-                )
-            return True
-        return x.is_cuda and tcnn_available()
+        return self.active_backend(x.device, x.dtype) == "tcnn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` ``[..., n_input_dims]`` in ``[0,1]`` -> ``[..., n_levels * F]``."""
@@ -277,13 +313,30 @@ class HashGridEncoding(nn.Module, Updateable):
         if x.shape[0] == 0:
             dtype = torch.promote_types(x.dtype, self.params.dtype)
             return x.new_zeros(*lead, self.n_output_dims, dtype=dtype)
-        if self.use_tcnn(x):
+        backend = self.active_backend(x.device, x.dtype)
+        if backend == "tcnn":
             out = self._forward_tcnn(x)
         else:
             # Full precision like tcnn's float32 encoding, also inside a mixed-precision region.
             with torch.autocast(device_type=x.device.type, enabled=False):
-                out = self._forward_torch(x)
+                # Triton is once differentiable: a second derivative in x needs the torch graph.
+                if backend == "triton" and not (x.requires_grad and torch.is_grad_enabled()):
+                    out = self._forward_triton(x)
+                else:
+                    out = self._forward_torch(x)
         return out.reshape(*lead, self.n_output_dims)
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        tables = self._triton_tables.get(x.device)
+        if tables is None:
+            tables = self._triton_tables[x.device] = hashgrid_triton.level_tables(self.levels, x.device)
+        F = self.n_features_per_level
+        out = None
+        if self.current_level > 0:
+            out = hashgrid_triton.triton_encode(
+                self.params, x, tables, self.current_level, F, self.log2_hashmap_size
+            )
+        return padded_output(out, x.shape[0], self.n_levels, F, x)
 
     def level_constants(self) -> LevelConstants:
         """Per-level constants for the kernels of :mod:`.hashgrid_torch` (and the Triton backend)."""
