@@ -5,7 +5,9 @@ base resolution 16, per-level scale 1.447) at 2^16 and 2^18 points, and a small 
 2^16 entries) at 2^16 points. Each figure is the median of ``--repeats`` timed runs after one
 warm-up. The backward pass uses a random upstream gradient (as an MLP head would send).
 
-Runs the torch backend on CPU; also on CUDA when available, and tiny-cuda-nn when it imports.
+Runs the torch backend on CPU; on CUDA also the Triton kernels (when triton imports) and
+tiny-cuda-nn (when it imports). ``--threads`` sets torch's CPU threads (on a shared machine one
+thread per process gives steadier figures).
 ``--compile`` adds a ``torch.compile`` variant of the torch backend (first call compiles).
 
 Peer comparison (first lines of the output): our torch backend against nerfstudio's pure-PyTorch
@@ -15,7 +17,7 @@ timed in this process with the same upstream gradient, alternating so that both 
 machine state; printed as points/s and the ratio ours / nerfstudio.
 
     python benchmarks/bench_hashgrid.py [--repeats 3] [--compile] [--device cpu|cuda|all]
-                                        [--peer-only]
+                                        [--peer-only] [--threads N]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.nerfstudio_hash_encoding import HashEncoding as NerfstudioHashEncoding  # noqa: E402
 from threestudio_like.geometry.hashgrid import HashGridEncoding, tcnn_available  # noqa: E402
+from threestudio_like.geometry.hashgrid_triton import triton_available  # noqa: E402
 
 DEFAULT_GRID = dict(
     n_levels=16,
@@ -149,12 +152,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--peer-only", action="store_true", help="only the comparison with nerfstudio"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, tinycudann {'yes' if tcnn_available() else 'no'}"
+        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, tinycudann {'yes' if tcnn_available() else 'no'}, "
+        f"triton {'yes' if torch.cuda.is_available() and triton_available() else 'no (or no CUDA)'}"
     )
     print(f"  {'grid':18s} {'points':>7s} {'dev':4s} {'backend':14s}")
     torch.manual_seed(0)
@@ -169,7 +176,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     results = {}
     for device in devices:
-        backends = ["torch"] + (["tcnn"] if device.type == "cuda" and tcnn_available() else [])
+        backends = ["torch"]
+        if device.type == "cuda":
+            backends += (["triton"] if triton_available() else []) + (["tcnn"] if tcnn_available() else [])
         for backend in backends:
             for label, grid, n in CASES:
                 results[(label, n, device.type, backend)] = run_case(

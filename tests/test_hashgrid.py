@@ -303,6 +303,18 @@ def test_cuda_backends_match_cpu():
     enc_cuda.load_state_dict(enc.state_dict())
     torch.testing.assert_close(enc_cuda(x.cuda()).cpu(), ref, atol=1e-6, rtol=1e-5)
     from threestudio_like.geometry.hashgrid import tcnn_available
+    from threestudio_like.geometry.hashgrid_triton import triton_available
+
+    if triton_available():  # the compiled Triton kernels on the GPU, forward and parameter gradient
+        grad_out = torch.randn_like(ref)
+        enc.params.grad = None
+        enc(x).backward(grad_out)
+        enc_triton = HashGridEncoding(n_levels=8, log2_hashmap_size=15, backend="triton").cuda()
+        enc_triton.load_state_dict(enc.state_dict())
+        out = enc_triton(x.cuda())
+        out.backward(grad_out.cuda())
+        torch.testing.assert_close(out.detach().cpu(), ref, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(enc_triton.params.grad.cpu(), enc.params.grad, atol=1e-5, rtol=1e-5)
 
     if tcnn_available():
         enc_tcnn = HashGridEncoding(n_levels=8, log2_hashmap_size=15, backend="tcnn").cuda()
