@@ -392,3 +392,17 @@ def test_fast_path_matches_differentiable_path(dtype):
     slow_out.backward(grad_out)
     torch.testing.assert_close(fast_out, slow_out.detach(), atol=1e-6, rtol=0)
     torch.testing.assert_close(fast_grad, enc.params.grad, atol=1e-5, rtol=0)
+
+
+def test_level_grouping_does_not_change_the_result(monkeypatch):
+    from threestudio_like.geometry import hashgrid_torch
+
+    enc = _small_encoding(dtype=torch.float32)
+    x = torch.rand(32, 3, generator=torch.Generator().manual_seed(4))
+    ref = enc(x)
+    assert hashgrid_torch.level_groups((False, False, True, True, True), 5, 2) == [
+        (0, 2), (2, 4), (4, 5)
+    ]
+    for group in (1, 3):
+        monkeypatch.setattr(hashgrid_torch, "LEVEL_GROUP", group)
+        assert torch.equal(enc(x), ref)

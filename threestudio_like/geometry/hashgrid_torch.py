@@ -25,9 +25,10 @@ in float64; tcnn has no float64 path.
 Index math
 ----------
 Positions, cells and weights of all levels are computed as batched ``[L, D, N]`` tensors (points
-innermost: contiguous, vectorised). Indices, gathers and scatters then run level by level on
-``[2^D, N]`` blocks: one level touches one table slice and its temporaries stay in cache. Corner
-``c`` (dimension 0 is its most significant bit) of level ``l`` has
+innermost: contiguous, vectorised); indices are computed for groups of levels of one kind
+(``LEVEL_GROUP``). Gathers and scatters then run level by level on ``[2^D, N]`` blocks: one level
+touches one table slice and its temporaries stay in cache. Corner ``c`` (dimension 0 is its most
+significant bit) of level ``l`` has
 
 * dense levels: ``index = sum_d (cell_d + bit_d) * res^d``, reduced ``% table_size`` by one
   conditional subtraction (the index stays below twice the table size for inputs in ``[0,1]``);
@@ -48,9 +49,13 @@ same forward is built from differentiable tensor operations instead, so it is tw
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
+
+# Levels whose index math runs as one batched op (bounds the [group, 2^D, N] temporaries; fewer,
+# larger ops also suffer less when other processes hold the cores).
+LEVEL_GROUP = 16
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -113,17 +118,29 @@ def corner_weights(frac: torch.Tensor, out: Optional[torch.Tensor] = None) -> to
 
 
 def level_indices(
-    cell: torch.Tensor, consts: LevelConstants, level: int, out: torch.Tensor
+    cell: torch.Tensor, consts: LevelConstants, l0: int, l1: int, out: torch.Tensor
 ) -> torch.Tensor:
-    """Lower cell ``[D, N]`` int64 of ``level`` -> in-level corner indices ``out [2^D, N]`` int64."""
-    mult = consts.multipliers[level, :, None]  # [D, 1]
-    lo = cell * mult
-    terms = torch.stack((lo, lo + mult), dim=1)  # [D, 2, N]
-    if consts.hashed[level]:
+    """Lower cells ``[Lb, D, N]`` int64 of levels ``l0:l1`` (all dense or all hashed) -> in-level
+    corner indices ``out [Lb, 2^D, N]`` int64."""
+    mult = consts.multipliers[l0:l1, :, None, None]  # [Lb, D, 1, 1]
+    lo = cell[:, :, None, :] * mult
+    terms = torch.cat((lo, lo + mult), dim=2)  # [Lb, D, 2, N]
+    if consts.hashed[l0]:
         return _combine(terms.bitwise_and_(consts.hash_mask), torch.bitwise_xor, out)
     _combine(terms, torch.add, out)
-    size = consts.table_sizes[level]
+    size = torch.tensor(consts.table_sizes[l0:l1], device=out.device)[:, None, None]
     return out.sub_((out >= size) * size)
+
+
+def level_groups(hashed: Tuple[bool, ...], n_active: int, group: int) -> List[Tuple[int, int]]:
+    """Consecutive level ranges of one kind (dense / hashed), at most ``group`` levels each."""
+    groups = []
+    start = 0
+    for level in range(1, n_active + 1):
+        if level == n_active or hashed[level] != hashed[start] or level - start == group:
+            groups.append((start, level))
+            start = level
+    return groups
 
 
 def _entries(table: torch.Tensor) -> torch.Tensor:
@@ -152,8 +169,8 @@ def _positions_and_cells(
     floor = torch.floor(pos)
     cell = floor.to(torch.int64)
     index = torch.empty(n_active, 1 << x.shape[1], x.shape[0], dtype=torch.int64, device=x.device)
-    for level in range(n_active):
-        level_indices(cell[level], consts, level, index[level])
+    for l0, l1 in level_groups(consts.hashed, n_active, LEVEL_GROUP):
+        level_indices(cell[l0:l1], consts, l0, l1, index[l0:l1])
     return pos, floor, index
 
 
