@@ -406,3 +406,21 @@ def test_level_grouping_does_not_change_the_result(monkeypatch):
     for group in (1, 3):
         monkeypatch.setattr(hashgrid_torch, "LEVEL_GROUP", group)
         assert torch.equal(enc(x), ref)
+
+
+def test_point_chunks_do_not_change_the_result(monkeypatch):
+    from threestudio_like.geometry import hashgrid_torch
+
+    enc = _small_encoding(dtype=torch.float32)
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(6))
+    grad_out = torch.randn(50, enc.n_output_dims)
+    ref = enc(x)
+    ref.backward(grad_out)
+    ref_grad = enc.params.grad.clone()
+    enc.params.grad = None
+    monkeypatch.setattr(hashgrid_torch, "POINT_CHUNK", 16)  # 4 chunks, the last one short
+    out = enc(x)
+    out.backward(grad_out)
+    # same math; only vectorised-loop tails may round differently
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc.params.grad, ref_grad, atol=1e-6, rtol=0)

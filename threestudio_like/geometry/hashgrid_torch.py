@@ -56,6 +56,8 @@ import torch
 # Levels whose index math runs as one batched op (bounds the [group, 2^D, N] temporaries; fewer,
 # larger ops also suffer less when other processes hold the cores).
 LEVEL_GROUP = 16
+# Points per chunk of the fast path (HashGridFunction).
+POINT_CHUNK = 1 << 16
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -175,35 +177,46 @@ def _positions_and_cells(
 
 
 class HashGridFunction(torch.autograd.Function):
-    """Hash-grid forward with a one-scatter-per-level backward to the table (no input gradient)."""
+    """Hash-grid forward with a one-scatter-per-level backward to the table (no input gradient).
+
+    Points are processed in chunks of ``POINT_CHUNK`` (temporaries stay cache-sized: time grows
+    linearly with the number of points); each chunk's indices and weights are kept for backward.
+    """
 
     @staticmethod
     def forward(ctx, params, x, consts, n_active, n_features):  # type: ignore[override]
         F, N = n_features, x.shape[0]
         entries = _entries(params.view(-1, F))
-        pos, floor, index = _positions_and_cells(x, consts, n_active)
-        weight = corner_weights(pos.sub_(floor))  # [L, C, N]
         out = x.new_empty(n_active, N, F)
-        rows = entries.new_empty((index.shape[1] * N,) + entries.shape[1:])
-        for level in range(n_active):
-            torch.index_select(_level_part(entries, consts, level), 0, index[level].view(-1), out=rows)
-            feats = _as_features(rows, F).view(-1, N, F)
-            torch.sum(feats * weight[level, :, :, None], dim=0, out=out[level])
-        ctx.save_for_backward(index, weight)
+        saved = []
+        for n0 in range(0, N, POINT_CHUNK):
+            n1 = min(n0 + POINT_CHUNK, N)
+            pos, floor, index = _positions_and_cells(x[n0:n1], consts, n_active)
+            weight = corner_weights(pos.sub_(floor))  # [L, C, n]
+            for level in range(n_active):
+                rows = _level_part(entries, consts, level).index_select(0, index[level].view(-1))
+                feats = _as_features(rows, F).view(-1, n1 - n0, F)
+                torch.sum(feats * weight[level, :, :, None], dim=0, out=out[level, n0:n1])
+            saved += [index, weight]
+        ctx.save_for_backward(*saved)
         ctx.consts, ctx.n_entries, ctx.F = consts, entries.shape[0], F
         return out.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        index, weight = ctx.saved_tensors
+        saved = ctx.saved_tensors
         F = ctx.F
         g = grad_out.transpose(0, 1).contiguous()  # [L, N, F]
         grad = g.new_zeros(ctx.n_entries, F)
         entries = _entries(grad)
-        for level in range(index.shape[0]):
-            src = (weight[level, :, :, None] * g[level]).view(-1, F)  # [C * N, F]
-            part = _level_part(entries, ctx.consts, level)
-            part.index_add_(0, index[level].view(-1), _entries(src))
+        n0 = 0
+        for index, weight in zip(saved[0::2], saved[1::2]):
+            n1 = n0 + index.shape[2]
+            for level in range(index.shape[0]):
+                src = (weight[level, :, :, None] * g[level, n0:n1]).view(-1, F)  # [C * n, F]
+                part = _level_part(entries, ctx.consts, level)
+                part.index_add_(0, index[level].view(-1), _entries(src))
+            n0 = n1
         return grad.view(-1), None, None, None, None
 
 
