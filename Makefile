@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install bench clean wheel preview-assets
+.PHONY: demo test install bench gpu-check clean wheel preview-assets
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: install
 	$(PY) benchmarks/bench_hashgrid.py
 	$(PY) benchmarks/bench_renderer.py
 	$(PY) benchmarks/bench_demo.py
+
+# On a CUDA machine (< 8 min on an H100/H200): CUDA tests, hash-grid / marcher / MVDream / demo
+# figures into $(OUT) (default outputs/gpu-check) as gpu_check.json + gpu_check.md. Without CUDA
+# it says so and only checks that its pieces import.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -55,6 +55,9 @@ setup(
             "opencv-python-headless>=4.8,<5",
             "matplotlib>=3.7",
             "usd-core>=23.11",
+            # the Triton hash-grid kernels are tested in Triton's CPU interpreter; CPU wheels are on
+            # PyPI for Linux (CUDA builds of torch ship triton already)
+            "triton>=3.0; platform_system == 'Linux'",
         ],
         # USDZ export for Apple AR viewers
         "usdz": ["usd-core>=23.11"],

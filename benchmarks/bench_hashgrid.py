@@ -5,10 +5,19 @@ base resolution 16, per-level scale 1.447) at 2^16 and 2^18 points, and a small 
 2^16 entries) at 2^16 points. Each figure is the median of ``--repeats`` timed runs after one
 warm-up. The backward pass uses a random upstream gradient (as an MLP head would send).
 
-Runs the torch backend on CPU; also on CUDA when available, and tiny-cuda-nn when it imports.
+Runs the torch backend on CPU; on CUDA also the Triton kernels (when triton imports) and
+tiny-cuda-nn (when it imports). ``--threads`` sets torch's CPU threads (on a shared machine one
+thread per process gives steadier figures).
 ``--compile`` adds a ``torch.compile`` variant of the torch backend (first call compiles).
 
+Peer comparison (first lines of the output): our torch backend against nerfstudio's pure-PyTorch
+``HashEncoding`` (vendored, Apache-2.0, in ``benchmarks/nerfstudio_hash_encoding.py``) on
+threestudio's default grid (max resolution ``16 * 1.447269^15 ~= 4096``) and 2^16 points, both
+timed in this process with the same upstream gradient, alternating so that both see the same
+machine state; printed as points/s and the ratio ours / nerfstudio.
+
     python benchmarks/bench_hashgrid.py [--repeats 3] [--compile] [--device cpu|cuda|all]
+                                        [--peer-only] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.nerfstudio_hash_encoding import HashEncoding as NerfstudioHashEncoding  # noqa: E402
 from threestudio_like.geometry.hashgrid import HashGridEncoding, tcnn_available  # noqa: E402
+from threestudio_like.geometry.hashgrid_triton import triton_available  # noqa: E402
 
 DEFAULT_GRID = dict(
     n_levels=16,
@@ -47,14 +58,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_fwd_bwd(
-    fn: Callable[[torch.Tensor], torch.Tensor], enc: HashGridEncoding, x: torch.Tensor, repeats: int
+    fn: Callable[[torch.Tensor], torch.Tensor], enc: torch.nn.Module, x: torch.Tensor, repeats: int
 ) -> Dict[str, float]:
     """Median forward and backward seconds over ``repeats`` runs (after one warm-up)."""
-    grad_out = torch.randn(x.shape[0], enc.n_output_dims, device=x.device)
+    out_dims = fn(x[:1]).shape[-1]
+    grad_out = torch.randn(x.shape[0], out_dims, device=x.device)
     fwd: List[float] = []
     bwd: List[float] = []
     for i in range(repeats + 1):
-        enc.params.grad = None
+        enc.zero_grad(set_to_none=True)
         _sync(x.device)
         t0 = time.perf_counter()
         out = fn(x)
@@ -104,6 +116,32 @@ def run_case(
     return r
 
 
+def compare_with_nerfstudio(device: torch.device, repeats: int) -> Dict[str, float]:
+    """Ours (torch backend) vs nerfstudio's torch ``HashEncoding``, default grid, 2^16 points."""
+    grid = DEFAULT_GRID
+    max_res = grid["base_resolution"] * grid["per_level_scale"] ** (grid["n_levels"] - 1)
+    ours = HashGridEncoding(backend="torch", **grid).to(device)
+    peer = NerfstudioHashEncoding(
+        num_levels=grid["n_levels"],
+        min_res=grid["base_resolution"],
+        max_res=int(round(max_res)),
+        log2_hashmap_size=grid["log2_hashmap_size"],
+        features_per_level=grid["n_features_per_level"],
+    ).to(device)
+    x = torch.rand(2**16, 3, device=device)
+    rates: Dict[str, List[float]] = {"ours": [], "nerfstudio": []}
+    for _ in range(repeats):  # alternate: both see the same machine state
+        rates["ours"].append(time_fwd_bwd(ours, ours, x, 1)["pts_per_s"])
+        rates["nerfstudio"].append(time_fwd_bwd(peer, peer, x, 1)["pts_per_s"])
+    r = {k: statistics.median(v) for k, v in rates.items()}
+    r["ratio"] = r["ours"] / r["nerfstudio"]
+    print(
+        f"peer {device.type}: default grid, 2^16 points, fwd+bwd: ours {r['ours']/1e6:.3f} M pts/s, "
+        f"nerfstudio HashEncoding (torch) {r['nerfstudio']/1e6:.3f} M pts/s, ratio x{r['ratio']:.2f}"
+    )
+    return r
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
@@ -111,12 +149,19 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--compile", action="store_true", help="also time torch.compile of the torch backend"
     )
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
+    parser.add_argument(
+        "--peer-only", action="store_true", help="only the comparison with nerfstudio"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, tinycudann {'yes' if tcnn_available() else 'no'}"
+        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}, tinycudann {'yes' if tcnn_available() else 'no'}, "
+        f"triton {'yes' if torch.cuda.is_available() and triton_available() else 'no (or no CUDA)'}"
     )
     print(f"  {'grid':18s} {'points':>7s} {'dev':4s} {'backend':14s}")
     torch.manual_seed(0)
@@ -125,9 +170,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         devices.append(torch.device("cpu"))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
+    for device in devices:
+        compare_with_nerfstudio(device, args.repeats)
+    if args.peer_only:
+        return
     results = {}
     for device in devices:
-        backends = ["torch"] + (["tcnn"] if device.type == "cuda" and tcnn_available() else [])
+        backends = ["torch"]
+        if device.type == "cuda":
+            backends += (["triton"] if triton_available() else []) + (["tcnn"] if tcnn_available() else [])
         for backend in backends:
             for label, grid, n in CASES:
                 results[(label, n, device.type, backend)] = run_case(

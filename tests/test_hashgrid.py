@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -254,6 +255,28 @@ def test_backend_selection_on_cpu():
     tcnn_enc = HashGridEncoding(n_levels=2, log2_hashmap_size=10, backend="tcnn")
     with pytest.raises(RuntimeError, match="tcnn|tinycudann|CUDA"):
         tcnn_enc(x)
+    with pytest.raises(RuntimeError, match="triton"):
+        HashGridEncoding(n_levels=2, log2_hashmap_size=10, backend="triton")(x)
+    assert enc.active_backend(torch.device("cpu")) == "torch"
+
+
+def test_backend_resolution_on_cuda(monkeypatch):
+    # The choice for CUDA inputs, with the availability of tcnn / triton simulated.
+    from threestudio_like.geometry import hashgrid_triton
+    from threestudio_like.geometry.hashgrid import resolve_backend
+
+    yes, no = (lambda: True), (lambda: False)
+    monkeypatch.setattr(hashgrid_triton, "triton_available", yes)
+    assert resolve_backend("auto", "cuda", yes, True) == "tcnn"
+    assert resolve_backend("auto", "cuda", no, True) == "triton"
+    assert resolve_backend("auto", "cuda", no, False) == "torch"  # e.g. float64 or 2-D inputs
+    assert resolve_backend("triton", "cuda", yes, True) == "triton"
+    assert resolve_backend("auto", "cpu", yes, True) == "torch"
+    assert resolve_backend("torch", "cuda", yes, True) == "torch"
+    monkeypatch.setattr(hashgrid_triton, "triton_available", no)
+    assert resolve_backend("auto", "cuda", no, True) == "torch"
+    with pytest.raises(RuntimeError, match="triton"):
+        resolve_backend("triton", "cuda", no, True)
 
 
 def test_state_dict_is_the_flat_tcnn_parameter():
@@ -280,8 +303,124 @@ def test_cuda_backends_match_cpu():
     enc_cuda.load_state_dict(enc.state_dict())
     torch.testing.assert_close(enc_cuda(x.cuda()).cpu(), ref, atol=1e-6, rtol=1e-5)
     from threestudio_like.geometry.hashgrid import tcnn_available
+    from threestudio_like.geometry.hashgrid_triton import triton_available
+
+    if triton_available():  # the compiled Triton kernels on the GPU, forward and parameter gradient
+        grad_out = torch.randn_like(ref)
+        enc.params.grad = None
+        enc(x).backward(grad_out)
+        enc_triton = HashGridEncoding(n_levels=8, log2_hashmap_size=15, backend="triton").cuda()
+        enc_triton.load_state_dict(enc.state_dict())
+        out = enc_triton(x.cuda())
+        out.backward(grad_out.cuda())
+        torch.testing.assert_close(out.detach().cpu(), ref, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(enc_triton.params.grad.cpu(), enc.params.grad, atol=1e-5, rtol=1e-5)
 
     if tcnn_available():
         enc_tcnn = HashGridEncoding(n_levels=8, log2_hashmap_size=15, backend="tcnn").cuda()
         enc_tcnn.load_state_dict(enc.state_dict())
         torch.testing.assert_close(enc_tcnn(x.cuda()).cpu(), ref, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# grid position: one rounding like tcnn's fmaf(scale, x, 0.5f)
+
+
+def _round_to_float32(v: Fraction) -> np.float32:
+    """Exact rational ``v > 0`` rounded to the nearest float32, ties to even (independent of numpy's
+    float64 path: the float64 guess is only a starting point, the choice is made exactly)."""
+    guess = np.float32(float(v))
+    candidates = [
+        np.nextafter(guess, np.float32(-np.inf)),
+        guess,
+        np.nextafter(guess, np.float32(np.inf)),
+    ]
+    return min(
+        candidates,
+        key=lambda c: (abs(Fraction(float(c)) - v), int(np.array(c).view(np.int32)) & 1),
+    )
+
+
+# Inputs where even float64 evaluation followed by one cast to float32 rounds twice wrongly:
+# x * scale lies within 2^-54 of a float32 tie of 0.5 + x * scale (found by searching x near
+# k * 2^-25 / scale on the default grid's level scales).
+_HARD_CASES = [(1, float.fromhex("0x1.1faeeep-18")), (4, float.fromhex("0x1.60d946p-22"))]
+
+
+def test_grid_position_is_rounded_once_like_fmaf():
+    from threestudio_like.geometry.hashgrid_torch import grid_positions
+
+    enc = HashGridEncoding(backend="torch")  # threestudio's default grid
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(400, 3, generator=gen)
+    x[:100] *= torch.exp2(-torch.randint(4, 30, (100, 3), generator=gen).float())  # tiny products
+    pos = grid_positions(x, enc._scale_bits)  # [L, 3, N]
+    scales = enc._scale_bits.view(torch.float32).numpy()
+    xs = x.numpy()
+    n_two_roundings_differ = 0
+    for level, scale in enumerate(scales):
+        for i in range(0, xs.shape[0], 3):  # a third of the points, every level (speed)
+            for d in range(3):
+                exact = Fraction(float(xs[i, d])) * Fraction(float(scale)) + Fraction(1, 2)
+                want = _round_to_float32(exact)
+                assert pos[level, d, i].item() == float(want), (level, i, d)
+                two = np.float32(np.float32(xs[i, d] * scale) + np.float32(0.5))
+                n_two_roundings_differ += int(two != want)
+    assert n_two_roundings_differ > 0  # the float32 expression x * scale + 0.5 really differs
+
+    for level, xv in _HARD_CASES:
+        scale = scales[level]
+        assert np.float32(xv) == xv
+        exact = Fraction(xv) * Fraction(float(scale)) + Fraction(1, 2)
+        want = _round_to_float32(exact)
+        naive = np.float32(np.float64(xv) * np.float64(scale) + 0.5)
+        assert naive != want  # float64-then-cast is not always the single rounding
+        got = grid_positions(torch.tensor([[xv, 0.5, 0.5]]), enc._scale_bits[level : level + 1])
+        assert got[0, 0, 0].item() == float(want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_path_matches_differentiable_path(dtype):
+    # HashGridFunction (input needs no gradient) and the twice-differentiable path agree.
+    enc = _small_encoding(dtype=dtype)
+    x = torch.rand(64, 3, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    grad_out = torch.randn(64, enc.n_output_dims, dtype=dtype)
+    enc(x).backward(grad_out)
+    fast_out, fast_grad = enc(x).detach(), enc.params.grad.clone()
+    enc.params.grad = None
+    slow_out = enc(x.clone().requires_grad_(True))
+    slow_out.backward(grad_out)
+    torch.testing.assert_close(fast_out, slow_out.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast_grad, enc.params.grad, atol=1e-5, rtol=0)
+
+
+def test_level_grouping_does_not_change_the_result(monkeypatch):
+    from threestudio_like.geometry import hashgrid_torch
+
+    enc = _small_encoding(dtype=torch.float32)
+    x = torch.rand(32, 3, generator=torch.Generator().manual_seed(4))
+    ref = enc(x)
+    assert hashgrid_torch.level_groups((False, False, True, True, True), 5, 2) == [
+        (0, 2), (2, 4), (4, 5)
+    ]
+    for group in (1, 3):
+        monkeypatch.setattr(hashgrid_torch, "LEVEL_GROUP", group)
+        assert torch.equal(enc(x), ref)
+
+
+def test_point_chunks_do_not_change_the_result(monkeypatch):
+    from threestudio_like.geometry import hashgrid_torch
+
+    enc = _small_encoding(dtype=torch.float32)
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(6))
+    grad_out = torch.randn(50, enc.n_output_dims)
+    ref = enc(x)
+    ref.backward(grad_out)
+    ref_grad = enc.params.grad.clone()
+    enc.params.grad = None
+    monkeypatch.setattr(hashgrid_torch, "POINT_CHUNK", 16)  # 4 chunks, the last one short
+    out = enc(x)
+    out.backward(grad_out)
+    # same math; only vectorised-loop tails may round differently
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc.params.grad, ref_grad, atol=1e-6, rtol=0)

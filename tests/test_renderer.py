@@ -432,6 +432,19 @@ def test_cpu_path_never_touches_nerfacc_cuda(monkeypatch):
         occupancy.use_nerfacc_kernels(torch.device("cpu"), "nerfacc")
 
 
+def test_torch_marcher_is_chosen_on_cuda_when_nerfacc_cannot_load(monkeypatch):
+    # nerfacc missing or failing to compile: 'auto' falls back to the torch marcher on CUDA too.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(occupancy, "_nerfacc_extension_loads", lambda: False)
+    cuda = torch.device("cuda")
+    assert not occupancy.nerfacc_cuda_available(cuda)
+    assert not occupancy.use_nerfacc_kernels(cuda, "auto")
+    with pytest.raises(RuntimeError, match="nerfacc"):
+        occupancy.use_nerfacc_kernels(cuda, "nerfacc")
+    monkeypatch.setattr(occupancy, "_nerfacc_extension_loads", lambda: True)
+    assert occupancy.use_nerfacc_kernels(cuda, "auto")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_nerfacc_and_torch_marchers_agree():
     if not occupancy.nerfacc_cuda_available(torch.device("cuda")):

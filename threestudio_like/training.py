@@ -117,21 +117,25 @@ def run_loggers(trial: str) -> List[Any]:
 def active_backends(system: Any, device: torch.device, precision: Any) -> Dict[str, str]:
     """What computes the run: hash grid, ray marching, precision and device, with the reason
     for a slower fallback where there is one."""
-    from threestudio_like.geometry.hashgrid import HashGridEncoding, tcnn_available
+    from threestudio_like.geometry.hashgrid import HashGridEncoding
     from threestudio_like.renderers.occupancy import nerfacc_cuda_available, use_nerfacc_kernels
 
     out: Dict[str, str] = {"device": str(device), "precision": str(precision)}
     encoding = getattr(getattr(system, "geometry", None), "encoding", None)
     if isinstance(encoding, HashGridEncoding):
-        if encoding.use_tcnn(torch.zeros(1, encoding.n_input_dims, device=device)):
+        active = encoding.active_backend(device)
+        if active == "tcnn":
             out["hash_grid"] = "tiny-cuda-nn"
+        elif active == "triton":
+            out["hash_grid"] = "triton kernels" + (
+                " (backend: triton)" if encoding.backend == "triton" else " (tiny-cuda-nn is not installed)"
+            )
         elif device.type != "cuda":
             out["hash_grid"] = "torch (no CUDA)"
         elif encoding.backend == "torch":
             out["hash_grid"] = "torch (backend: torch)"
         else:
-            out["hash_grid"] = "torch (tiny-cuda-nn is not installed: slower; see the README's GPU install)" \
-                if not tcnn_available() else "torch"
+            out["hash_grid"] = "torch (neither tiny-cuda-nn nor triton is available: slower; see the README's GPU install)"
     renderer = getattr(system, "renderer", None)
     backend = getattr(getattr(renderer, "cfg", None), "backend", None)
     if backend is not None:

@@ -1,4 +1,4 @@
-"""Geometry: hash-grid encodings (tcnn | torch backends), MLP heads, implicit volume, isosurface.
+"""Geometry: hash-grid encodings (tcnn | triton | torch backends), MLP heads, implicit volume, isosurface.
 
 Importing this package registers ``hashgrid-implicit-volume``.
 """

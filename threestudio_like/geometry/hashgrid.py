@@ -1,12 +1,15 @@
 """Multi-resolution hash encoding (Instant-NGP) with tiny-cuda-nn semantics.
 
-Two backends compute the same function from the same parameters:
+Three backends compute the same function from the same parameters:
 
-* ``"torch"``: a vectorised pure-PyTorch implementation (CPU or CUDA). It is twice
-  differentiable (analytic normals with ``create_graph=True`` work).
+* ``"torch"``: a vectorised pure-PyTorch implementation (CPU or CUDA, :mod:`.hashgrid_torch`). It
+  is twice differentiable (analytic normals with ``create_graph=True`` work).
+* ``"triton"``: Triton kernels (CUDA, no compile step of ours; :mod:`.hashgrid_triton`), once
+  differentiable: inputs that need a gradient go to the torch backend.
 * ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only), built lazily on first use.
 
-``backend="auto"`` takes tcnn when ``tinycudann`` imports *and* the input lives on CUDA, else torch.
+``backend="auto"`` on CUDA inputs takes tcnn when ``tinycudann`` imports, else Triton when it
+imports (3-D float32 inputs), else torch; on CPU always torch (:func:`resolve_backend`).
 
 tiny-cuda-nn semantics reproduced here (``include/tiny-cuda-nn/encodings/grid.h`` and
 ``common_device.h``; values computed in float32 like tcnn):
@@ -38,7 +41,7 @@ band mask is applied to the output (as threestudio's ``ProgressiveBandHashGrid``
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -52,16 +55,18 @@ from threestudio_like.geometry.config_dicts import (
     key_path,
     plain_dict,
 )
+from threestudio_like.geometry import hashgrid_triton
+from threestudio_like.geometry.hashgrid_torch import (
+    LevelConstants,
+    encode,
+    padded_output,
+)
 from threestudio_like.geometry.networks import SphericalHarmonicsEncoding
 
 # tcnn's coherent prime hash factors (first one is 1 on purpose: memory coherence along x).
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
 
-_BACKENDS = ("auto", "tcnn", "torch")
-
-# Corner-elements (points x levels x corners) processed per level block by the torch backend;
-# bounds the int64 index / gathered-feature temporaries to a few hundred MB.
-_MAX_BLOCK_ELEMENTS = 2**23
+_BACKENDS = ("auto", "tcnn", "triton", "torch")
 
 _tcnn_module: Any = None
 _tcnn_checked = False
@@ -79,6 +84,44 @@ def tcnn_available() -> bool:
         except Exception:  # ImportError, or EnvironmentError raised on machines without CUDA
             _tcnn_module = None
     return _tcnn_module is not None
+
+
+def resolve_backend(
+    requested: str, device_type: str, tcnn_ok: Callable[[], bool], triton_fits: bool
+) -> str:
+    """``tcnn`` | ``triton`` | ``torch`` for a ``backend`` setting and the inputs' device type.
+
+    ``tcnn_ok`` is asked only for CUDA inputs; ``triton_fits``: the inputs suit the Triton kernels
+    (3-D, float32). An explicit backend that cannot run raises with the way out.
+    """
+    cuda = device_type == "cuda"
+    if requested == "torch":
+        return "torch"
+    if requested == "tcnn":
+        if not tcnn_ok():
+            raise RuntimeError(
+                "HashGridEncoding(backend='tcnn'): tinycudann cannot be imported. Install "
+                "tiny-cuda-nn's torch bindings on a CUDA machine, or use backend='auto' / 'torch'."
+            )
+        if not cuda:
+            raise RuntimeError(
+                "HashGridEncoding(backend='tcnn') needs CUDA inputs; use backend='auto' on CPU."
+            )
+        return "tcnn"
+    triton_ok = cuda and hashgrid_triton.triton_available()  # imports triton only for CUDA inputs
+    if requested == "triton":
+        if not (cuda and triton_ok and triton_fits):
+            raise RuntimeError(
+                "HashGridEncoding(backend='triton') needs CUDA float32 [N, 3] inputs and an "
+                f"importable triton ({hashgrid_triton.triton_unavailable_reason() or 'ok'}); "
+                "use backend='auto' or 'torch'."
+            )
+        return "triton"
+    if cuda and tcnn_ok():
+        return "tcnn"
+    if cuda and triton_ok and triton_fits:
+        return "triton"
+    return "torch"
 
 
 def level_layout(
@@ -149,7 +192,7 @@ class HashGridEncoding(nn.Module, Updateable):
         super().__init__()
         if backend not in _BACKENDS:
             raise ConfigError(
-                f"HashGridEncoding backend must be 'auto', 'tcnn' or 'torch', got {backend!r}."
+                f"HashGridEncoding backend must be 'auto', 'tcnn', 'triton' or 'torch', got {backend!r}."
                 f"{did_you_mean(str(backend), _BACKENDS)}"
             )
         if not 1 <= n_input_dims <= len(HASH_PRIMES):
@@ -212,26 +255,8 @@ class HashGridEncoding(nn.Module, Updateable):
         scales = torch.tensor([lv["scale"] for lv in self.levels], dtype=torch.float32)
         self.register_buffer("_scale_bits", scales.view(torch.int32), persistent=False)
         self.register_buffer("_multipliers", mult, persistent=False)
-        bits = torch.tensor(
-            [[(c >> (D - 1 - d)) & 1 for d in range(D)] for c in range(1 << D)], dtype=torch.int64
-        )  # [2^D, D]
-        deltas = mult @ bits.T  # dense levels: index offset of each corner from the lower corner
-        deltas[[lv["hashed"] for lv in self.levels]] = 0
-        self.register_buffer("_corner_deltas", deltas.to(torch.int32), persistent=False)  # [L, 2^D]
-        self.register_buffer(
-            "_pair_terms", torch.stack((torch.zeros_like(mult), mult), dim=-1), persistent=False
-        )  # [L, D, 2]
-        self.register_buffer(
-            "_offsets",
-            torch.tensor([lv["offset"] for lv in self.levels], dtype=torch.int32),
-            persistent=False,
-        )
-        self.register_buffer(
-            "_table_sizes",
-            torch.tensor([lv["table_size"] for lv in self.levels], dtype=torch.int32),
-            persistent=False,
-        )
         self._tcnn_holder: Dict[str, Any] = {}  # plain dict: the tcnn module is not a child module
+        self._triton_tables: Dict[torch.device, Dict[str, torch.Tensor]] = {}  # per device
 
     # ------------------------------------------------------------------------------------------
     # parameters / schedule
@@ -267,22 +292,15 @@ class HashGridEncoding(nn.Module, Updateable):
     # ------------------------------------------------------------------------------------------
     # forward
 
+    def active_backend(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """The backend :meth:`forward` uses for inputs on ``device`` (``tcnn`` | ``triton`` | ``torch``)."""
+        device_type = torch.device(device).type
+        triton_fits = hashgrid_triton.supports(self.n_input_dims, dtype) and self.params.dtype == dtype
+        return resolve_backend(self.backend, device_type, tcnn_available, triton_fits)
+
     def use_tcnn(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward` on ``x`` would run tiny-cuda-nn."""
-        if self.backend == "torch":
-            return False
-        if self.backend == "tcnn":
-            if not tcnn_available():
-                raise RuntimeError(
-                    "HashGridEncoding(backend='tcnn'): tinycudann cannot be imported. Install "
-                    "tiny-cuda-nn's torch bindings on a CUDA machine, or use backend='auto' / 'torch'."
-                )
-            if not x.is_cuda:
-                raise RuntimeError(
-                    "HashGridEncoding(backend='tcnn') needs CUDA inputs; use backend='auto' on CPU."
-                )
-            return True
-        return x.is_cuda and tcnn_available()
+        return self.active_backend(x.device, x.dtype) == "tcnn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` ``[..., n_input_dims]`` in ``[0,1]`` -> ``[..., n_levels * F]``."""
@@ -295,81 +313,51 @@ class HashGridEncoding(nn.Module, Updateable):
         if x.shape[0] == 0:
             dtype = torch.promote_types(x.dtype, self.params.dtype)
             return x.new_zeros(*lead, self.n_output_dims, dtype=dtype)
-        if self.use_tcnn(x):
+        backend = self.active_backend(x.device, x.dtype)
+        if backend == "tcnn":
             out = self._forward_tcnn(x)
         else:
             # Full precision like tcnn's float32 encoding, also inside a mixed-precision region.
             with torch.autocast(device_type=x.device.type, enabled=False):
-                out = self._forward_torch(x)
+                # Triton is once differentiable: a second derivative in x needs the torch graph.
+                if backend == "triton" and not (x.requires_grad and torch.is_grad_enabled()):
+                    out = self._forward_triton(x)
+                else:
+                    out = self._forward_torch(x)
         return out.reshape(*lead, self.n_output_dims)
 
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        tables = self._triton_tables.get(x.device)
+        if tables is None:
+            tables = self._triton_tables[x.device] = hashgrid_triton.level_tables(self.levels, x.device)
+        F = self.n_features_per_level
+        out = None
+        if self.current_level > 0:
+            out = hashgrid_triton.triton_encode(
+                self.params, x, tables, self.current_level, F, self.log2_hashmap_size
+            )
+        return padded_output(out, x.shape[0], self.n_levels, F, x)
+
+    def level_constants(self) -> LevelConstants:
+        """Per-level constants for the kernels of :mod:`.hashgrid_torch` (and the Triton backend)."""
+        return LevelConstants(
+            scale_bits=self._scale_bits,
+            multipliers=self._multipliers,
+            offsets=tuple(lv["offset"] for lv in self.levels),
+            table_sizes=tuple(lv["table_size"] for lv in self.levels),
+            hashed=tuple(lv["hashed"] for lv in self.levels),
+            hash_mask=(1 << self.log2_hashmap_size) - 1,
+        )
+
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        n_active = self.current_level
         N, F = x.shape[0], self.n_features_per_level
         dtype = torch.promote_types(x.dtype, self.params.dtype)
         x = x.to(dtype)
-        table = self.table.to(dtype)
-        pieces = []
-        if n_active > 0:
-            block = max(1, _MAX_BLOCK_ELEMENTS // (N * (1 << self.n_input_dims)))
-            start = 0
-            while start < n_active:
-                hashed = self.levels[start]["hashed"]
-                stop = start + 1
-                # Blocks never mix dense and hashed levels.
-                while (
-                    stop < n_active
-                    and stop - start < block
-                    and self.levels[stop]["hashed"] == hashed
-                ):
-                    stop += 1
-                pieces.append(self._encode_levels(x, table, start, stop, hashed))
-                start = stop
-        if n_active < self.n_levels:
-            pieces.append(x.new_zeros(N, self.n_levels - n_active, F))
-        return torch.cat(pieces, dim=1).reshape(N, self.n_output_dims)
-
-    def _encode_levels(
-        self, x: torch.Tensor, table: torch.Tensor, l0: int, l1: int, hashed: bool
-    ) -> torch.Tensor:
-        """Levels ``l0:l1`` (all dense or all hashed) -> ``[N, l1 - l0, F]``."""
-        N, D = x.shape
-        n_lv = l1 - l0
-        scale = self._scale_bits[l0:l1].view(torch.float32).to(x.dtype)
-        pos = x[:, None, :] * scale[None, :, None] + 0.5  # [N, Lb, D]
-        pos_floor = torch.floor(pos)
-        frac = pos - pos_floor  # interpolation weights, differentiable in x
-        # Per-dimension index terms of the lower corner: coord * (prime | res^d), [N, Lb, D].
-        corner0 = pos_floor.to(torch.int64) * self._multipliers[l0:l1]
-
-        # Corners are numbered with dimension 0 as the most significant bit. Products are formed
-        # in int64; once reduced below the table size, indices continue in int32 (less traffic).
-        if hashed:
-            # "% table_size" of the uint32 hash: hashed levels always hold 2^log2T entries, so it
-            # is a bit mask, which commutes with XOR and may be applied per term; the low 32 bits
-            # of int64 and uint32 products agree.
-            pairs = corner0[..., None] + self._pair_terms[l0:l1]  # [N, Lb, D, 2]: (c*m, (c+1)*m)
-            pairs = (pairs & ((1 << self.log2_hashmap_size) - 1)).to(torch.int32)
-            index = pairs[..., 0, :]
-            for d in range(1, D):
-                index = (index[..., :, None] ^ pairs[..., d, None, :]).flatten(-2)
-        else:
-            # Dense index is linear in the corner: lower-corner index + per-corner constant. For
-            # inputs in [0,1] it stays below res^D + res^(D-1) + ... < 2 * size, so "% size" is
-            # a single conditional subtraction.
-            base = corner0.sum(dim=-1, keepdim=True).to(torch.int32)
-            index = base + self._corner_deltas[l0:l1]  # [N, Lb, 2^D]
-            sizes = self._table_sizes[l0:l1][None, :, None]
-            index = torch.where(index >= sizes, index - sizes, index)
-        index = index + self._offsets[l0:l1][None, :, None]
-        w_pairs = torch.stack((1.0 - frac, frac), dim=-1)  # [N, Lb, D, 2]
-        weight = w_pairs[..., 0, :]
-        for d in range(1, D):
-            weight = (weight[..., :, None] * w_pairs[..., d, None, :]).flatten(-2)
-        feats = table.index_select(0, index.reshape(-1).to(torch.int64)).view(
-            N, n_lv, 1 << D, self.n_features_per_level
-        )
-        return torch.einsum("nlc,nlcf->nlf", weight, feats)
+        params = self.params.to(dtype)
+        out = None
+        if self.current_level > 0:
+            out = encode(params, x, self.level_constants(), self.current_level, F)
+        return padded_output(out, N, self.n_levels, F, x)
 
     def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
         enc = self._tcnn_holder.get("module")
