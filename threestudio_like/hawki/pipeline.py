@@ -47,7 +47,7 @@ def load_photo(path: str) -> Tensor:
     except Exception as exc:  # truncated, or not an image at all
         raise ImageLoadError(f"Could not read the image {path}: {exc}.") from None
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    return torch.from_numpy(rgb * alpha + (1.0 - alpha))
+    return torch.from_numpy(np.ascontiguousarray(rgb * alpha + (1.0 - alpha)))
 
 
 @torch.no_grad()
@@ -167,12 +167,14 @@ def run_hawki(cfg: Any, status: Optional[Any] = None) -> str:
                            "guidance_scale": c.zero123_guidance_scale})
     key_g = P.stage_key(stage="guidance-image", source=c.guidance_image, photo=photo, request=vars(request))
     saved = cache.load("guidance-image", key_g)
-    guide_image = saved["image"] if saved is not None else make_guidance_image(c.guidance_image, photo, request)
-    if saved is None:
-        cache.save("guidance-image", key_g, {"image": guide_image.float().cpu()})
+    if saved is None:  # contiguous: the encoder's result must not depend on the memory layout
+        guide_image = make_guidance_image(c.guidance_image, photo, request).float().cpu().contiguous()
+        cache.save("guidance-image", key_g, {"image": guide_image})
+    else:
+        guide_image = saved["image"]
     z_hom = encode_mean(guidance, guide_image)
     spec_c = P.StageSpec("guidance-embedding", c.guidance_embedding_steps, c.guidance_embedding_lr)
-    key_c = P.stage_key(stage=vars(spec_c), previous=key_b, guide=z_hom)
+    key_c = P.stage_key(stage=vars(spec_c), previous=key_b, guide=key_g)
     e_hom = P.run_embedding_stage(unet, z_hom, e_opt, spec_c, cache, key_c, seed + 2, c.num_train_timesteps)
     spec_d = P.StageSpec("guidance-lora", c.guidance_lora_steps, c.guidance_lora_lr)
     key_d = P.stage_key(stage=vars(spec_d), previous=key_c, rank=c.lora_rank)
