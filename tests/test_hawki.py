@@ -153,7 +153,9 @@ def tiny_sd():
     return build, latents, embedding
 
 
-def test_lora_stage_cuts_the_denoising_loss_and_reloads_exactly(tiny_sd, tmp_path):
+@pytest.mark.slow
+def test_lora_stage_cuts_the_denoising_loss_by_30_percent(tiny_sd, tmp_path):
+    """The configured-steps figure (100 Adam steps, lr 1e-2, rank 4): measured 36% lower."""
     build, latents, embedding = tiny_sd
     unet, _ = build()
     P.add_lora(unet, 4)
@@ -164,10 +166,21 @@ def test_lora_stage_cuts_the_denoising_loss_and_reloads_exactly(tiny_sd, tmp_pat
     after = P.evaluation_loss(unet, latents, embedding, alphas)
     print(f"LoRA stage: fixed-noise loss {before:.4f} -> {after:.4f} ({100 * (1 - after / before):.1f}% lower)")
     assert after <= 0.7 * before
+
+
+def test_saved_lora_reloads_with_identical_outputs(tiny_sd, tmp_path):
+    build, latents, embedding = tiny_sd
+    unet, _ = build()
+    P.add_lora(unet, 4)
+    alphas = P.noise_schedule()
+    before = P.evaluation_loss(unet, latents, embedding, alphas)
+    cache = P.StageCache(str(tmp_path / "trial" / "hawki"))
+    P.run_lora_stage(unet, latents, embedding, P.StageSpec("lora", 5, LORA_LR), 4, cache, "k", seed=0)
+    assert P.evaluation_loss(unet, latents, embedding, alphas) != before  # the LoRA changed the UNet
     fresh, _ = build()
-    P.add_lora(fresh, 4)
+    P.add_lora(fresh, 4)  # B = 0: the fresh LoRA is the identity
     assert P.evaluation_loss(fresh, latents, embedding, alphas) == pytest.approx(before, rel=1e-6)
-    P.run_lora_stage(fresh, latents, embedding, P.StageSpec("lora", LORA_STEPS, LORA_LR), 4, cache, "k", seed=0)
+    P.run_lora_stage(fresh, latents, embedding, P.StageSpec("lora", 5, LORA_LR), 4, cache, "k", seed=0)
     t = torch.tensor([10, 500, 990])
     z = torch.randn(3, *latents.shape[1:], generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -180,14 +193,14 @@ def test_embedding_stage_lowers_the_loss_and_a_rerun_reuses_the_saved_result(tin
     build, latents, embedding = tiny_sd
     unet, _ = build()
     alphas = P.noise_schedule()
-    spec = P.StageSpec("embedding", 40, 5e-2)
+    spec = P.StageSpec("embedding", 20, 1e-1)
     cache = P.StageCache(str(tmp_path / "a" / "hawki"), str(tmp_path / "*" / "hawki"))
     key = P.stage_key(stage=vars(spec), init=embedding, photo=latents)
     fitted = P.run_embedding_stage(unet, latents, embedding, spec, cache, key, seed=0)
     before = P.evaluation_loss(unet, latents, embedding, alphas)
     after = P.evaluation_loss(unet, latents, fitted, alphas)
     print(f"embedding stage: fixed-noise loss {before:.4f} -> {after:.4f}")
-    assert after < 0.95 * before
+    assert after < 0.97 * before  # measured 5.6% lower
 
     def no_optimisation(*args, **kwargs):
         raise AssertionError("the cached stage ran optimisation steps")
@@ -231,9 +244,9 @@ def _args(tmp_path, photo_path, *extra):
     return ["--config", "hawki-aerial.yaml", "--sample", f"image={photo_path}", "prompt=a photo of a house",
             f"exp_root_dir={tmp_path / 'out'}", f"system.prompt_processor.cache_dir={tmp_path}/cache",
             "system.guidance.pretrained_model_name_or_path=tiny-random", "system.guidance.image_size=64",
-            "system.guidance.embedding_steps=3", "system.guidance.lora_steps=3",
-            "system.guidance.guidance_embedding_steps=2", "system.guidance.guidance_lora_steps=2",
-            "system.guidance.ddim_steps=3", "system.guidance.mi_scale=0.05", *extra]
+            "system.guidance.embedding_steps=2", "system.guidance.lora_steps=2",
+            "system.guidance.guidance_embedding_steps=1", "system.guidance.guidance_lora_steps=1",
+            "system.guidance.ddim_steps=2", "system.guidance.mi_scale=0.05", *extra]
 
 
 def test_sample_runs_end_to_end_and_a_rerun_reuses_the_stages(tmp_path, capsys):
