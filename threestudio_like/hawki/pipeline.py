@@ -17,7 +17,7 @@ Order of work (each optimisation stage cached, :mod:`.personalise`):
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -25,12 +25,15 @@ from torch import Tensor
 
 from threestudio_like import find
 from threestudio_like.errors import ConfigError, ImageLoadError
+from threestudio_like.guidance.distillation import classifier_free_guidance
 from threestudio_like.guidance.hawki import HawkIGuidance
+from threestudio_like.guidance.latent_diffusion import UNetBranch
 from threestudio_like.hawki import mutual_info as MI
 from threestudio_like.hawki import personalise as P
 from threestudio_like.hawki.ipm import ipm_image, resize_image
 from threestudio_like.hawki.sources import ViewRequest, make_guidance_image
-from threestudio_like.models.builders import seeded
+from threestudio_like.models.builders import make_ddim_scheduler, seeded
+from threestudio_like.sampling.ddim import ddim_sample
 from threestudio_like.utils.files import atomic_path
 
 
@@ -70,23 +73,16 @@ def mi_options(c: Any) -> Dict[str, Any]:
             "fixed_range": float(c.mi_fixed_range)}
 
 
-def sample_aerial(guidance: HawkIGuidance, text: Tensor, uncond: Tensor, target: Tensor, seed: int) -> Tensor:
-    """MI-guided DDIM latents ``[1, 4, s, s]`` (CFG over ``text`` vs ``uncond``) towards ``target``."""
-    from threestudio_like.guidance.latent_diffusion import UNetBranch
-    from threestudio_like.models.builders import make_ddim_scheduler
+def mi_hook(predict: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, target: Tensor,
+            c: Any) -> Callable[..., Tensor]:
+    """The sampler's ``after_step``: the MI step towards ``target`` after every DDIM step but the
+    last, with ``x0(z_t) = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (``eps`` re-predicted
+    from ``z_t`` with ``mi_through_unet``, else the step's own prediction held fixed)."""
 
-    c = guidance.cfg
-    branches = [UNetBranch(text.to(guidance.device)), UNetBranch(uncond.to(guidance.device))]
-    alphas = make_ddim_scheduler(c.num_train_timesteps).alphas_cumprod.to(guidance.device)
-
-    def predict(x_t: Tensor, t: Tensor) -> Tensor:
-        eps_cond, eps_uncond = guidance.unet_branches(x_t, t, branches)
-        return eps_uncond + c.guidance_scale * (eps_cond - eps_uncond)
-
-    def mi_step(z_prev: Tensor, z_t: Tensor, t: Tensor, eps: Tensor, index: int, total: int) -> Tensor:
+    def after_step(z_prev: Tensor, z_t: Tensor, t: Tensor, eps: Tensor, index: int, total: int) -> Tensor:
         if c.mi_scale <= 0 or index >= total - 1:
             return z_prev
-        abar = alphas[int(t)].float()
+        abar = alphas_cumprod[int(t)].float().to(z_t.device)
 
         def x0_of(z: Tensor) -> Tensor:
             e = predict(z, t.expand(z.shape[0])) if c.mi_through_unet else eps
@@ -95,13 +91,24 @@ def sample_aerial(guidance: HawkIGuidance, text: Tensor, uncond: Tensor, target:
         grad = MI.mi_gradient(z_t, x0_of, target, **mi_options(c))
         return MI.mi_step(z_prev, grad, c.mi_scale)
 
-    generator = torch.Generator().manual_seed(seed)
-    with seeded(seed):
-        from threestudio_like.sampling.ddim import ddim_sample
+    return after_step
 
-        size = guidance.latent_size
+
+def sample_aerial(guidance: HawkIGuidance, text: Tensor, uncond: Tensor, target: Tensor, seed: int) -> Tensor:
+    """MI-guided DDIM latents ``[1, 4, s, s]`` (CFG over ``text`` vs ``uncond``) towards ``target``."""
+    c = guidance.cfg
+    branches = [UNetBranch(text.to(guidance.device)), UNetBranch(uncond.to(guidance.device))]
+
+    def predict(x_t: Tensor, t: Tensor) -> Tensor:
+        eps_cond, eps_uncond = guidance.unet_branches(x_t, t, branches)
+        return classifier_free_guidance(eps_uncond, eps_cond, c.guidance_scale)
+
+    alphas = make_ddim_scheduler(c.num_train_timesteps).alphas_cumprod
+    size = guidance.latent_size
+    with seeded(seed):
         return ddim_sample(predict, (1, 4, size, size), c.num_train_timesteps, c.ddim_steps, device=guidance.device,
-                           generator=generator, eta=c.eta, after_step=mi_step)
+                           generator=torch.Generator().manual_seed(seed), eta=c.eta,
+                           after_step=mi_hook(predict, alphas, target, c))
 
 
 def save_png(path: str, image: Tensor | np.ndarray) -> str:
