@@ -119,13 +119,13 @@ def main() -> None:
         t_batch = torch.full((1,), int(t), dtype=torch.long, device=device)
 
         @torch.no_grad()
-        def ddim_step() -> None:
+        def ddim_step(hook=hook, t=t, t_batch=t_batch) -> None:
             eps = predict(z, t_batch)
             previous = scheduler.step(eps, t, z).prev_sample
             hook(previous, z, t_batch, eps, 10, 50)
 
         @torch.no_grad()
-        def plain_step() -> None:
+        def plain_step(t=t, t_batch=t_batch) -> None:
             scheduler.step(predict(z, t_batch), t, z)
 
         with_mi = timed(ddim_step, args.steps, args.warmup)

@@ -26,7 +26,6 @@ from torch import Tensor
 from threestudio_like import find
 from threestudio_like.errors import ConfigError, ImageLoadError
 from threestudio_like.guidance.distillation import classifier_free_guidance
-from threestudio_like.guidance.hawki import HawkIGuidance
 from threestudio_like.guidance.latent_diffusion import UNetBranch
 from threestudio_like.hawki import mutual_info as MI
 from threestudio_like.hawki import personalise as P
@@ -54,14 +53,14 @@ def load_photo(path: str) -> Tensor:
 
 
 @torch.no_grad()
-def encode_mean(guidance: HawkIGuidance, image: Tensor) -> Tensor:
+def encode_mean(guidance: Any, image: Tensor) -> Tensor:
     """Scaled latent ``[1, 4, s, s]`` (posterior mean) of ``image`` ``[H, W, 3]`` at ``image_size``."""
     x = guidance.resize_renders(image[None].to(guidance.device)) * 2.0 - 1.0
     posterior = guidance.vae.encode(x.to(guidance.weights_dtype)).latent_dist
     return (posterior.mode() * guidance.vae.config.scaling_factor).float()
 
 
-def mixed_text(c: HawkIGuidance.Config, e_aerial: Tensor, e_hom: Tensor) -> Tensor:
+def mixed_text(c: Any, e_aerial: Tensor, e_hom: Tensor) -> Tensor:
     """The sampling text embedding: ``alpha e_aerial + (1 - alpha) e_hom``, or e_aerial alone."""
     if c.text_embedding == "aerial":
         return e_aerial
@@ -94,7 +93,7 @@ def mi_hook(predict: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor,
     return after_step
 
 
-def sample_aerial(guidance: HawkIGuidance, text: Tensor, uncond: Tensor, target: Tensor, seed: int) -> Tensor:
+def sample_aerial(guidance: Any, text: Tensor, uncond: Tensor, target: Tensor, seed: int) -> Tensor:
     """MI-guided DDIM latents ``[1, 4, s, s]`` (CFG over ``text`` vs ``uncond``) towards ``target``."""
     c = guidance.cfg
     branches = [UNetBranch(text.to(guidance.device)), UNetBranch(uncond.to(guidance.device))]
@@ -150,7 +149,7 @@ def run_hawki(cfg: Any, status: Optional[Any] = None) -> str:
                           "stable-diffusion-prompt-processor and pass prompt=\"...\".")
     if status is not None:
         status.phase("sample")
-    guidance = HawkIGuidance(gcfg)
+    guidance = find(system.guidance_type)(gcfg)  # hawki-guidance (or a subclass)
     c = guidance.cfg
     processor = find(system.prompt_processor_type)(dict(system.get("prompt_processor", {})))
     prompt, negative = processor.cfg.prompt, processor.cfg.negative_prompt
