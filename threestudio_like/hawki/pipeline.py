@@ -159,7 +159,7 @@ def run_hawki(cfg: Any, status: Optional[Any] = None) -> str:
     unet = guidance.unet
 
     z_in = encode_mean(guidance, photo)
-    base = dict(weights=c.pretrained_model_name_or_path, photo=z_in, size=c.image_size, seed=seed)
+    base = dict(weights=c.pretrained_model_name_or_path, photo=photo, size=c.image_size, seed=seed)
     spec_a = P.StageSpec("embedding", c.embedding_steps, c.embedding_lr)
     key_a = P.stage_key(stage=vars(spec_a), init=e_init, **base)
     e_opt = P.run_embedding_stage(unet, z_in, e_init.to(device), spec_a, cache, key_a, seed, c.num_train_timesteps)
