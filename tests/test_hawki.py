@@ -299,3 +299,32 @@ def test_interpolated_text_embedding_is_the_papers_mix():
     assert torch.allclose(mixed_text(c, aerial, hom), torch.full((1, 77, 8), 0.1))
     c.text_embedding = "aerial"
     assert torch.equal(mixed_text(c, aerial, hom), aerial)
+
+
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_the_samplers_mi_hook_moves_the_latent_except_after_the_last_step(through_unet):
+    from types import SimpleNamespace
+
+    from threestudio_like.hawki.pipeline import mi_hook
+
+    target, z_t, _ = _mi_case()
+    weight = torch.full((4, 1, 1), 0.3)
+    c = SimpleNamespace(mi_scale=0.05, mi_bins=16, mi_sigma=0.15, mi_normalisation="minmax", mi_fixed_range=4.0,
+                        mi_through_unet=through_unet)
+    alphas = P.noise_schedule().float()
+    predict = lambda z, t: weight * z + 0.1  # noqa: E731  (a differentiable stand-in for the UNet)
+    hook = mi_hook(predict, alphas, target, c)
+    t = torch.tensor([500])
+    eps = predict(z_t, t)
+    with torch.no_grad():
+        moved = hook(z_t, z_t, t, eps, 3, 50)
+        last = hook(z_t, z_t, t, eps, 49, 50)
+    assert torch.equal(last, z_t)
+    step = (moved - z_t).pow(2).mean().sqrt()
+    assert abs(float(step) - 0.05) < 1e-4  # RMS displacement = mi_scale
+    abar = alphas[500]
+
+    def x0(z):  # as the hook sees it: eps re-predicted from z, or the step's eps held fixed
+        return (z - (1 - abar).sqrt() * (predict(z, t) if through_unet else eps)) / abar.sqrt()
+
+    assert float(MI.channel_nmi(x0(moved), target)) > float(MI.channel_nmi(x0(z_t), target))
