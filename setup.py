@@ -41,6 +41,8 @@ setup(
         "transformers>=4.40,<6",
         "huggingface_hub>=0.23",
         "safetensors>=0.4",
+        # HawkI: LoRA on the UNet's attention (diffusers' add_adapter needs peft >= 0.6)
+        "peft>=0.6",
         "Pillow>=9",
         "PyYAML>=5.1",
         # textured, cleaned mesh export (both MIT, binary wheels, no GPU)

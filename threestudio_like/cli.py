@@ -32,6 +32,8 @@ USAGE_EXAMPLES = """examples:
   python launch.py --convert zero123 105000.ckpt weights/zero123-105000
   python launch.py --config ldm3d.yaml --sample prompt="a cosy living room"   (RGB + 16-bit depth + preview)
   python launch.py --config ldm3d-pano.yaml --sample prompt="360 view of a bedroom"   (DepthFusion: GLB + 360 video)
+  python launch.py --config hawki-aerial.yaml --sample image=photo.png prompt="a photo of a church" [elevation=60 azimuth=0]
+                                                  (HawkI aerial view of a photo; docs/hawki.md)
   python launch.py --bench janus --suite benchmarks/janus_suite.json --configs dreamfusion-sd21.yaml,mvdream-sd21.yaml --seeds 0,1,2
                                                   (Janus benchmark report; docs/janus.md)
   python launch.py --bench lab --seeds 0,1,2      (Janus on the reference-object lab: CPU, known answer)

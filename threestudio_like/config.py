@@ -39,12 +39,15 @@ ALIASES: Dict[str, str] = {
     "references": "data.references",
 }
 ALIAS_FALLBACKS: Dict[str, Tuple[str, ...]] = {
-    "image": ("sample.image_path",),
+    "image": ("sample.image_path", "system.guidance.image_path"),
     "depth": ("sample.depth_path",),
+    "elevation": ("system.guidance.elevation_deg",),
+    "azimuth": ("system.guidance.azimuth_deg",),
 }
 """Further keys an alias may set: of its keys (:data:`ALIASES`' first), the first one the recipe
 spells out, else the first whose section the recipe has (``image=``: an image-conditioned
-recipe's input, or the RGBD image a DepthFusion recipe builds its scene from)."""
+recipe's input, the RGBD image a DepthFusion recipe builds its scene from, or HawkI's photo;
+``elevation=``/``azimuth=``: HawkI's requested aerial pose)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,10 +42,13 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     if not system.get("guidance_type"):
         raise ConfigError("This recipe has no guidance to sample from.")
     guidance_cls = find(system.guidance_type)
+    pipeline = getattr(guidance_cls, "sample_pipeline", None)
+    if pipeline is not None:  # a prior whose --sample is a whole pipeline writing its own files (HawkI)
+        return pipeline(cfg, status)
     defaults = getattr(guidance_cls, "sample_defaults", None)
     if defaults is None:
         raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3, "
-                          f"EscherNet and LDM3D.")
+                          f"EscherNet, LDM3D and HawkI.")
     settings = sample_settings(cfg.get("sample"), defaults)
     if settings.image_path:  # DepthFusion from a given RGBD image: no prior needed
         return _scene_from_files(cfg, settings, status)
