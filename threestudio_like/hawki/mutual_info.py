@@ -24,7 +24,7 @@ predicted clean latent ``x0(z_t) = (z_t - sqrt(1 - abar_t) eps(z_t)) / sqrt(abar
 first step (whose size is its learning rate), so ``lambda`` (``mi_scale``) is the RMS latent
 displacement per step and matches upstream's Adam learning rate. Upstream's step is a no-op: it
 runs under ``no_grad`` and re-wraps the score as a new leaf, so no gradient ever reaches the
-latent (:func:`upstream_style_step` reproduces that for the tests).
+latent (``tests/test_hawki.py`` reproduces that and shows the latent stays put).
 """
 from __future__ import annotations
 
@@ -95,18 +95,3 @@ def mi_step(z_prev: Tensor, grad: Tensor, scale: float) -> Tensor:
     """``z_{t-1} + scale g / rms(g)`` per image (unchanged where the gradient is zero)."""
     rms = grad.flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (grad.dim() - 1)))
     return z_prev + scale * grad / rms.clamp_min(1e-12)
-
-
-def upstream_style_step(z_prev: Tensor, predict_x0: Callable[[Tensor], Tensor], target: Tensor,
-                        lr: float, **options: float | int | str) -> Tensor:
-    """HawkI's released MI step, for comparison: under ``no_grad`` the score is re-wrapped as a
-    new leaf with ``requires_grad``, so ``z.grad`` stays ``None`` and Adam skips the latent."""
-    z = z_prev.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([z], lr=lr)
-    with torch.no_grad():
-        score = channel_nmi(predict_x0(z), target, **options).sum()
-    loss = -score.detach().clone().requires_grad_(True)  # what Variable(score, requires_grad=True) does
-    optimiser.zero_grad()
-    loss.backward()
-    optimiser.step()
-    return z.detach()
