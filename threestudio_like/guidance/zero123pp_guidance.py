@@ -72,7 +72,6 @@ class Zero123PlusGuidance(LatentDiffusionGuidance):
         """Distance of the six rig cameras; null: the input camera's."""
 
         def validate(self) -> None:
-            super().validate()
             if self.version is not None and self.version not in LAYOUTS:
                 raise FieldError("version", f"must be one of {', '.join(LAYOUTS)} or null, got {self.version!r}")
             if self.camera_distance is not None and self.camera_distance <= 0:
