@@ -49,7 +49,7 @@ def write_full_random(folder: str) -> str:
             hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
             image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")),
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+            vocab_size=len(tokenizer), bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
             num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu")),
     }
     for name, build in parts.items():  # one at a time: peak memory of the largest part only

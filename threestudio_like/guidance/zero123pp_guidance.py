@@ -104,11 +104,6 @@ class Zero123PlusGuidance(LatentDiffusionGuidance):
         """Grid latents -> grids ``[k, 3T, 2T, 3]`` in [0, 1]."""
         return self.model.decode_grid(latents).permute(0, 2, 3, 1)
 
-    def check_image_size(self) -> None:
-        factor = 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if self.cfg.image_size % factor:
-            raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} (one tile) must be a multiple of {factor}.")
-
     # -- the input view and the rig ------------------------------------------------------------
     @torch.no_grad()
     def prepare_condition(self, images: Tensor, c2w: Tensor) -> Zero123PlusCondition:
