@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from benchmarks.common import bench_weights  # noqa: E402
 from threestudio_like import find  # noqa: E402
 from threestudio_like.cameras import Cameras  # noqa: E402
 from threestudio_like.data.random_camera import make_batch  # noqa: E402
@@ -95,12 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        weights = args.weights
-        if weights == "full-random":
-            print("Writing a full-size random Zero123++ ...")
-            t0 = time.perf_counter()
-            weights = write_full_random(os.path.join(root, "zero123pp-full-random"))
-            print(f"  written in {time.perf_counter() - t0:.0f} s")
+        weights = bench_weights(args.weights, root, "Zero123++", write_full_random)
         bench(weights, args.tile, args.steps)
 
 
