@@ -1,9 +1,10 @@
-"""Shared pieces of the training benchmarks: a step timer and one timed ``fit``."""
+"""Shared pieces of the benchmarks: a step timer, one timed ``fit`` and the ``--weights full-random`` helper."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -53,3 +54,16 @@ def time_training(cfg: Any, steps: int, warmup: int = 3) -> Tuple[float, float, 
     peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
     device = torch.cuda.get_device_name() if gpu else "CPU"
     return statistics.median(steady), peak, device
+
+
+def bench_weights(weights: str, root: str, what: str, write_full_random: Callable[[str], str]) -> str:
+    """``--weights`` of a prior benchmark: ``full-random`` writes a full-size random copy of the
+    prior (``what``) under ``root`` with ``write_full_random(folder)`` and returns its folder;
+    anything else is returned as given (an id, a folder, ``tiny-random``)."""
+    if weights != "full-random":
+        return weights
+    print(f"Writing a full-size random {what} ...")
+    start = time.perf_counter()
+    folder = write_full_random(os.path.join(root, what.lower().replace("+", "p") + "-full-random"))
+    print(f"  written in {time.perf_counter() - start:.0f} s")
+    return folder

@@ -97,6 +97,8 @@ class SingleImageConfig:
     """Longer side of the object's box over the frame size (Zero-1-to-3: 200/256)."""
     condition_size: int = 256
     """Size of the square conditioning images handed to the guidance (Zero-1-to-3: 256)."""
+    condition_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """RGB behind the object in the conditioning images (white for Zero-1-to-3; Zero123++: gray 0.5)."""
     default_elevation_deg: float = 0.0
     """Elevation of the reference camera (degrees above the horizon)."""
     default_azimuth_deg: float = 0.0
@@ -120,6 +122,8 @@ class SingleImageConfig:
             for size in _as_list(value):
                 at_least(name, size, 1)
         at_least("condition_size", self.condition_size, 1)
+        if len(self.condition_background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.condition_background):
+            raise FieldError("condition_background", f"must be 3 numbers in [0, 1], got {list(self.condition_background)}")
         in_range("object_fraction", self.object_fraction, 0, 1, open_low=True)
         in_range("default_fovy_deg", self.default_fovy_deg, 0, 180, open_low=True)
         in_range("default_camera_distance", self.default_camera_distance, 0, float("inf"), open_low=True)
@@ -144,7 +148,7 @@ class SingleImageIterableDataset(StepNumberedDataset):
         rgbas = [load_reference_rgba(view) for view in self.references]
         size = int(cfg.condition_size)
         cond = torch.stack([resize_rgba(rgba, size, size, cfg.recenter, cfg.object_fraction) for rgba in rgbas])
-        self.condition = {"cond_rgb": composite(cond), "cond_mask": (cond[..., 3:] > 0.5).float()}
+        self.condition = {"cond_rgb": composite(cond, cfg.condition_background), "cond_mask": (cond[..., 3:] > 0.5).float()}
         t = torch.tensor
         self.cameras = {
             "c2w": torch.stack([view.c2w for view in self.references]),

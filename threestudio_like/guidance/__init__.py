@@ -7,6 +7,6 @@
 * :mod:`.latent_diffusion` — the base of Stable-Diffusion-family priors: weights through the one
   loader, VAE encode/decode, one batched classifier-free-guidance UNet call, DDIM sampling.
 * one module per prior (``mvdream``, ``stable_diffusion``, ``zero123``, ``eschernet``,
-  ``reference_object``); the registry finds every module here, so a new prior is one file plus
+  ``zero123pp`` (+ ``zero123pp_guidance``), ``reference_object``); the registry finds every module here, so a new prior is one file plus
   one YAML.
 """

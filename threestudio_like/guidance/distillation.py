@@ -22,6 +22,15 @@ def scaled_linear_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def linear_alphas_cumprod(
+    num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> Tensor:
+    """``abar_t`` of diffusers' "linear" schedule (betas linear in beta itself, not in its
+    square root; Zero123++), ``[num_steps]`` float64."""
+    betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
 def _broadcast(values: Tensor, like: Tensor) -> Tensor:
     return values.to(like).reshape(-1, *([1] * (like.dim() - 1)))
 
@@ -57,6 +66,13 @@ def eps_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, alphas_cumprod: Tensor) -> T
     """Noise prediction equivalent to a clean-sample prediction (exact denoisers give x0)."""
     alpha, sigma = alpha_sigma(alphas_cumprod, t, x_t)
     return (x_t - alpha * x0) / sigma
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Noise prediction of a v-prediction ``v = alpha_t eps - sigma_t x_0``:
+    ``eps = alpha_t v + sigma_t x_t`` (v-models such as Zero123++ feed every update rule this way)."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, t, x_t)
+    return alpha * v + sigma * x_t
 
 
 def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:

@@ -2,8 +2,11 @@
 
 The recipe's guidance generates images for the prompt (MVDream: the 4 views with DDIM, as its
 ``t2i.py``), or novel views of the input image(s) (Zero-1-to-3, EscherNet: views around the
-references), saved side by side as one grid, without any 3D optimisation; RGBD priors (LDM3D)
-write an RGB image, a 16-bit depth PNG and a coloured depth preview (:mod:`.rgbd`).
+references; Zero123++: its 3 x 2 six-view grid, :mod:`.zero123pp`), saved side by side as one grid,
+without any 3D optimisation; RGBD priors (LDM3D)
+write an RGB image, a 16-bit depth PNG and a coloured depth preview (:mod:`.rgbd`). A prior whose
+``--sample`` is a whole pipeline (HawkI's aerial view) provides ``sample_pipeline`` and writes its
+own files.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def run_sample(cfg: Any, status: Optional[RunStatus] = None) -> str:
     defaults = getattr(guidance_cls, "sample_defaults", None)
     if defaults is None:
         raise ConfigError(f"{system.guidance_type} has no sampler; --sample works with MVDream, Zero-1-to-3, "
-                          f"EscherNet, LDM3D and HawkI.")
+                          f"Zero123++, EscherNet, LDM3D and HawkI.")
     settings = sample_settings(cfg.get("sample"), defaults)
     if settings.image_path:  # DepthFusion from a given RGBD image: no prior needed
         return _scene_from_files(cfg, settings, status)

@@ -13,6 +13,9 @@ reference-object prior, get ``None``).
   ``sampled_depth_smooth_from`` of training on), near-view consistency and emptiness.
 * ``zero123-system`` follows threestudio's Zero123 recipe: SDS on the random views plus RGB and
   mask losses at the reference view (and threestudio's normal/orientation/sparsity regularisers).
+* ``zero123pp-system`` is the same recipe with Zero123++'s six fixed views around the input
+  view (the guidance's ``rig``) in place of the random views, rendered at the random views'
+  resolution (so ``data.random_camera``'s resolution schedule applies).
 * ``eschernet-system`` is the same recipe for multi-view priors conditioned on N posed images:
   the random views come in groups of ``n_view`` (denoised jointly) and every reference view is
   supervised by its image and mask.
@@ -242,6 +245,10 @@ class Zero123System(ImageConditionedSystem):
             terms["loss_3d_normal_smooth"] = L.normal_smoothness_3d(out["normal"], out["normal_perturb"])
         return terms
 
+    def guidance_views(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The views the prior scores this step (the data's random views)."""
+        return batch["random_camera"]
+
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Tensor:
         totals: Dict[str, Tensor] = {}
 
@@ -250,7 +257,7 @@ class Zero123System(ImageConditionedSystem):
                 totals[name] = totals[name] + value if name in totals else value
 
         if self.true_global_step >= self.cfg.ref_only_steps:
-            views = batch["random_camera"]
+            views = self.guidance_views(batch)
             ambient = self.cfg.ambient_ratio_min + (1.0 - self.cfg.ambient_ratio_min) * random.random()
             out = self.render(views, ambient_ratio=ambient)
             guidance_out = self.guidance(out["comp_rgb"], self.image_condition(batch), self.cameras(views))
@@ -269,3 +276,21 @@ class Zero123System(ImageConditionedSystem):
 class EscherNetSystem(Zero123System):
     """EscherNet recipe: multi-view SDS on groups of random views given N posed references, plus
     RGB and mask losses at every reference view (the Zero123 recipe's losses, applied to all N)."""
+
+
+@register("zero123pp-system")
+class Zero123PlusSystem(Zero123System):
+    """Zero123++ recipe: SDS on the six rig views around the input view (tiled 3 x 2 by the
+    guidance) plus RGB and mask losses at the input view."""
+
+    def guidance_views(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The guidance's six cameras around the input view, at the random views' resolution."""
+        rig = getattr(self.guidance, "rig", None)
+        if rig is None:
+            raise ConfigError(f"zero123pp-system renders a fixed rig of views; {self.cfg.guidance_type} has none "
+                              f"(use guidance_type: zero123pp-guidance).")
+        sizes = batch.get("random_camera", batch)
+        cams = rig(self.image_condition(batch), float(batch["fovy"].reshape(-1)[0]))
+        views = make_batch(cams["elevation"], cams["azimuth"], cams["camera_distances"], cams["fovy"],
+                           int(sizes["height"]), int(sizes["width"]))
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in views.items()}
