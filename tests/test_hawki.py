@@ -241,12 +241,26 @@ def test_zero123pp_view_choice_is_the_nearest_on_the_sphere():
     views = torch.arange(6.0)[:, None, None, None].expand(6, 4, 4, 3)
     request = ViewRequest(30.0, 260.0, 0.0, 4, 0, {})
     assert float(zero123pp_view(views, request)[0, 0, 0]) == 4.0  # (20, 270)
-    with pytest.raises(Exception, match="zero123pp.*not available"):
-        make_guidance_image("zero123pp", _photo(32), request)
+    with pytest.raises(Exception, match="nope.*not available.*ipm, zero123, zero123pp"):
+        make_guidance_image("nope", _photo(32), request)
+
+
+def test_zero123pp_source_is_its_sampled_view_nearest_the_request():
+    from threestudio_like.guidance.zero123pp import load_zero123pp
+    from threestudio_like.sampling.zero123pp import sample_six_views
+
+    options = {"model_name_or_path": "tiny-random", "tile_size": 32, "steps": 2, "guidance_scale": 4.0}
+    request = ViewRequest(40.0, 140.0, 0.0, 32, 7, options)  # nearest: (20, 150), the third view
+    photo = _photo(48)
+    image = make_guidance_image("zero123pp", photo, request)
+    views, _, _ = sample_six_views(load_zero123pp("tiny-random", tile_size=32), photo.permute(2, 0, 1), steps=2,
+                                   guidance_scale=4.0, generator=torch.Generator().manual_seed(7))
+    assert image.shape == (32, 32, 3)
+    assert torch.equal(image, views[2].permute(1, 2, 0).float())
 
 
 def test_zero123_source_renders_the_requested_view():
-    request = ViewRequest(60.0, 30.0, 0.0, 64, 0, {"pretrained_model_name_or_path": "tiny-random", "image_size": 64,
+    request = ViewRequest(60.0, 30.0, 0.0, 64, 0, {"model_name_or_path": "tiny-random", "image_size": 64,
                                                     "steps": 2, "guidance_scale": 3.0})
     image = make_guidance_image("zero123", _photo(48), request)
     assert image.shape == (64, 64, 3) and float(image.std()) > 0

@@ -91,6 +91,14 @@ class HawkIGuidance(StableDiffusionGuidance):
         """guidance_image=zero123: DDIM steps of the novel view."""
         zero123_guidance_scale: float = 3.0
         """guidance_image=zero123: CFG scale of the novel view."""
+        zero123pp_model_name_or_path: str = "sudo-ai/zero123plus-v1.2"
+        """guidance_image=zero123pp: the Zero123++ weights (a diffusers folder or hub id; CC-BY-NC 4.0)."""
+        zero123pp_tile_size: int = 320
+        """guidance_image=zero123pp: side of each of its six views (320 for the released weights)."""
+        zero123pp_steps: int = 28
+        """guidance_image=zero123pp: Euler-ancestral steps of the six views."""
+        zero123pp_guidance_scale: float = 4.0
+        """guidance_image=zero123pp: CFG scale of the six views."""
         use_cache: bool = True
         """Reuse saved stage results (safetensors) of this experiment's trials when their inputs match."""
 

@@ -67,6 +67,12 @@ def mixed_text(c: Any, e_aerial: Tensor, e_hom: Tensor) -> Tensor:
     return c.alpha * e_aerial + (1.0 - c.alpha) * e_hom
 
 
+def source_options(c: Any) -> Dict[str, Any]:
+    """The chosen guidance-image source's own settings: the ``<source>_*`` fields, unprefixed."""
+    prefix = f"{c.guidance_image}_"
+    return {name[len(prefix):]: c[name] for name in c.keys() if name.startswith(prefix)}
+
+
 def mi_options(c: Any) -> Dict[str, Any]:
     return {"num_bins": int(c.mi_bins), "sigma": float(c.mi_sigma), "normalisation": str(c.mi_normalisation),
             "fixed_range": float(c.mi_fixed_range)}
@@ -168,9 +174,7 @@ def run_hawki(cfg: Any, status: Optional[Any] = None) -> str:
     P.run_lora_stage(unet, z_in, e_opt, spec_b, c.lora_rank, cache, key_b, seed + 1, c.num_train_timesteps)
 
     request = ViewRequest(c.elevation_deg, c.azimuth_deg, c.input_elevation_deg, c.image_size, seed,
-                          {"pretrained_model_name_or_path": c.zero123_model_name_or_path,
-                           "image_size": c.zero123_image_size, "steps": c.zero123_steps,
-                           "guidance_scale": c.zero123_guidance_scale})
+                          source_options(c))
     key_g = P.stage_key(stage="guidance-image", source=c.guidance_image, photo=photo, request=vars(request))
     saved = cache.load("guidance-image", key_g)
     if saved is None:  # contiguous: the encoder's result must not depend on the memory layout

@@ -7,7 +7,10 @@ image that stages (c)-(d) fit: ``source(image, request) -> [S, S, 3]``.
 * ``zero123``: Zero-1-to-3's novel view at the requested elevation and azimuth (the photo taken
   at ``input_elevation_deg``, azimuth 0), sampled with DDIM as ``--sample`` does;
 * ``zero123pp``: the Zero123++ view nearest the requested pose (:func:`nearest_view` over its
-  six fixed views): registered by the Zero123++ prior, see :data:`ZERO123PP_VIEWS`.
+  six fixed views, :data:`ZERO123PP_VIEWS` for v1.2), sampled as its ``--sample`` does.
+
+Each source's own settings are the recipe's ``<source>_*`` fields, passed without the prefix in
+:attr:`ViewRequest.options` (e.g. ``zero123pp_steps`` -> ``steps``).
 
 A new source is one function registered with :func:`guidance_image_source`.
 """
@@ -21,8 +24,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from threestudio_like.cameras import c2w_from_spherical
 from threestudio_like.errors import ConfigError
+from threestudio_like.guidance.zero123 import Zero123Guidance
+from threestudio_like.guidance.zero123pp import LAYOUTS, load_zero123pp
 from threestudio_like.hawki.ipm import ipm_image, resize_image
+from threestudio_like.sampling.zero123pp import sample_six_views
 
 
 @dataclass
@@ -46,7 +53,7 @@ Source = Callable[[Tensor, ViewRequest], Tensor]
 GUIDANCE_IMAGE_SOURCES: Dict[str, Source] = {}
 
 ZERO123PP_VIEWS: Tuple[Tuple[float, float], ...] = tuple(
-    (20.0 if i % 2 == 0 else -10.0, 30.0 + 60.0 * i) for i in range(6))
+    zip(LAYOUTS["v1.2"].elevations_deg, LAYOUTS["v1.2"].azimuths_deg))
 """Zero123++ v1.2's six views: (absolute elevation, azimuth relative to the input) in degrees."""
 
 
@@ -93,11 +100,8 @@ def ipm_source(image: Tensor, request: ViewRequest) -> Tensor:
 @guidance_image_source("zero123")
 def zero123_source(image: Tensor, request: ViewRequest) -> Tensor:
     """Zero-1-to-3's view of the photo from the requested pose (exactly that pose: it takes any)."""
-    from threestudio_like.cameras import c2w_from_spherical
-    from threestudio_like.guidance.zero123 import Zero123Guidance
-
     options = dict(request.options)
-    guidance = Zero123Guidance({"pretrained_model_name_or_path": options.pop("pretrained_model_name_or_path"),
+    guidance = Zero123Guidance({"pretrained_model_name_or_path": options.pop("model_name_or_path"),
                                 "image_size": options.pop("image_size", 256)})
     c2w = c2w_from_spherical(torch.tensor([request.input_elevation_deg]), torch.tensor([0.0]), torch.tensor([2.0]))
     condition = guidance.prepare_condition(image[None].float(), c2w)
@@ -106,6 +110,20 @@ def zero123_source(image: Tensor, request: ViewRequest) -> Tensor:
                                eta=float(options.get("eta", 1.0)))
     views = guidance.sample(condition, settings, generator=torch.Generator().manual_seed(request.seed))
     return views[-1].float().cpu()
+
+
+@guidance_image_source("zero123pp")
+def zero123pp_source(image: Tensor, request: ViewRequest) -> Tensor:
+    """Of Zero123++'s six views of the photo (sampled with its Euler-ancestral sampler and CFG),
+    the one nearest the requested pose (the photo at azimuth 0)."""
+    options = request.options
+    model = load_zero123pp(str(options["model_name_or_path"]), tile_size=int(options.get("tile_size", 320)))
+    views, azimuths, elevations = sample_six_views(
+        model, image.permute(2, 0, 1).float(), steps=int(options.get("steps", 28)),
+        guidance_scale=float(options.get("guidance_scale", 4.0)),
+        generator=torch.Generator().manual_seed(request.seed))
+    poses = list(zip(elevations.tolist(), azimuths.tolist()))
+    return zero123pp_view(views.permute(0, 2, 3, 1), request, poses=poses).float().cpu()
 
 
 def zero123pp_view(views: Tensor, request: ViewRequest, input_azimuth_deg: float = 0.0,
