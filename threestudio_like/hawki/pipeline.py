@@ -132,11 +132,15 @@ def labelled_sheet(panels: Dict[str, Tensor], size: int) -> np.ndarray:
 
     strip = 24
     sheet = Image.new("RGB", (size * len(panels), size + strip), "white")
-    draw = ImageDraw.Draw(sheet)
     for i, (label, image) in enumerate(panels.items()):
         pixels = (resize_image(image.detach().float().cpu(), size).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         sheet.paste(Image.fromarray(pixels), (i * size, strip))
-        draw.text((i * size + 6, 6), label, fill="black")
+        caption = Image.new("RGB", (size, strip), "white")  # clipped to its panel: never over the next
+        draw = ImageDraw.Draw(caption)
+        lines = [label] if draw.textlength(label) <= size - 8 else label.split(" ", 1)
+        for row, line in enumerate(lines[:2]):
+            draw.text((4, 1 + 11 * row if len(lines) > 1 else 6), line, fill="black")
+        sheet.paste(caption, (i * size, 0))
     return np.asarray(sheet)
 
 
