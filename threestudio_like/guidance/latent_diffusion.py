@@ -10,7 +10,7 @@ branch first by convention) and samples with DDIM (``--sample``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,8 @@ from torch import Tensor
 
 from threestudio_like.errors import ConfigError
 from threestudio_like.guidance.base import BaseGuidance
-from threestudio_like.models.builders import freeze, move, pick_device_dtype, seeded, tiny_unet, tiny_vae
+from threestudio_like.models.builders import (HALF_DTYPES, freeze, move, pick_device_dtype, seeded, tiny_unet,
+                                              tiny_vae, to_channels_last)
 from threestudio_like.models.loader import Part, WeightsRecipe, load_model
 from threestudio_like.prompt.stable_diffusion import PromptEmbeddings
 from threestudio_like.sampling.ddim import ddim_sample
@@ -77,7 +78,11 @@ class LatentDiffusionGuidance(BaseGuidance):
         pretrained_model_name_or_path: str = ""
         """tiny-random | local diffusers folder | original checkpoint file | Hugging Face id."""
         half_precision_weights: bool = True
-        """fp16 weights on CUDA (CPU always runs fp32)."""
+        """Half-precision weights on CUDA (CPU always runs fp32)."""
+        half_precision_dtype: Literal["float16", "bfloat16"] = "float16"
+        """Which half precision: float16, or bfloat16 (fp32's range: no overflow; Ampere and newer)."""
+        channels_last: bool = False
+        """Convolutions in channels-last memory layout (often faster on tensor-core GPUs)."""
         image_size: int = 512
         """Renders are resized to this square size before VAE encoding."""
 
@@ -87,10 +92,10 @@ class LatentDiffusionGuidance(BaseGuidance):
 
     def configure(self) -> None:
         super().configure()
-        self.device, self.weights_dtype = pick_device_dtype(self.cfg.half_precision_weights)
+        self.device, self.weights_dtype = self.pick_device_dtype()
         self.load_networks()
         for net in self.networks().values():
-            move(freeze(net), self.device, self.weights_dtype)
+            self.place(freeze(net))
 
     # -- networks -----------------------------------------------------------------------------
     def weights_options(self) -> Dict[str, Any]:
@@ -116,11 +121,20 @@ class LatentDiffusionGuidance(BaseGuidance):
             raise ConfigError(f"system.guidance.image_size={self.cfg.image_size} must be a multiple of {factor}.")
 
     # -- device -------------------------------------------------------------------------------
+    def pick_device_dtype(self, device: Optional[torch.device] = None) -> Tuple[torch.device, torch.dtype]:
+        """The device (default: CUDA when available) and the weights' dtype there."""
+        return pick_device_dtype(self.cfg.half_precision_weights, device, HALF_DTYPES[self.cfg.half_precision_dtype])
+
+    def place(self, net: nn.Module) -> nn.Module:
+        """``net`` on this guidance's device and dtype (and channels-last when configured)."""
+        move(net, self.device, self.weights_dtype)
+        return to_channels_last(net) if self.cfg.channels_last else net
+
     def to(self, device: torch.device | str) -> "LatentDiffusionGuidance":
-        """Move the networks (weights become fp16 on CUDA when ``half_precision_weights``)."""
-        self.device, self.weights_dtype = pick_device_dtype(self.cfg.half_precision_weights, torch.device(device))
+        """Move the networks (weights become half precision on CUDA when ``half_precision_weights``)."""
+        self.device, self.weights_dtype = self.pick_device_dtype(torch.device(device))
         for net in self.networks().values():
-            move(net, self.device, self.weights_dtype)
+            self.place(net)
         return self
 
     def ensure_device(self, device: torch.device) -> None:

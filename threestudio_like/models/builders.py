@@ -31,15 +31,27 @@ SD2_TEXT_HEAD_WIDTH = 64
 # device, precision, freezing
 
 
-def pick_device_dtype(half_precision: bool, device: Optional[torch.device] = None) -> Tuple[torch.device, torch.dtype]:
-    """``(device, dtype)``: fp16 on CUDA when ``half_precision``, fp32 otherwise and on CPU."""
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+"""The half-precision weight types a guidance may choose (``half_precision_dtype``)."""
+
+
+def pick_device_dtype(half_precision: bool, device: Optional[torch.device] = None,
+                      half_dtype: torch.dtype = torch.float16) -> Tuple[torch.device, torch.dtype]:
+    """``(device, dtype)``: ``half_dtype`` (fp16 or bf16) on CUDA when ``half_precision``, fp32
+    otherwise and on CPU."""
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    dtype = torch.float16 if (half_precision and device.type == "cuda") else torch.float32
+    dtype = half_dtype if (half_precision and device.type == "cuda") else torch.float32
     return device, dtype
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """The module's 4-D weights in channels-last memory layout (NHWC: faster convolutions with
+    cuDNN on tensor-core GPUs; values are unchanged)."""
+    return module.to(memory_format=torch.channels_last)
 
 
 def quiet_progress_bars() -> None:
