@@ -4,6 +4,7 @@
     python benchmarks/bench_demo_quality.py ceiling --steps 3000 --every 250 --out ceiling.json
     python benchmarks/bench_demo_quality.py plot    before.json after.json --ceiling ceiling.json --png q.png
     python benchmarks/bench_demo_quality.py seeds   --config demo.yaml --seeds 0,1,2,3,4 --out seeds.json
+    python benchmarks/bench_demo_quality.py hull    --views 40      # the visual hull's IoU
 
 The demo distils the reference object through the exact denoiser of its renders. With one
 candidate per query (camera-conditioned mode) that denoiser returns the true render ``x*`` at the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -38,6 +40,11 @@ import trimesh
 from pytorch_lightning.callbacks import Callback
 
 from threestudio_like import find
+from threestudio_like.cameras import (
+    c2w_from_spherical,
+    focal_from_fovy,
+    rays_for_cameras,
+)
 from threestudio_like.config import load_config
 from threestudio_like.errors import IsosurfaceError
 from threestudio_like.export import cleanup
@@ -103,6 +110,38 @@ def measure(geometry: Any, fast: bool = False) -> dict[str, Any]:
         geometry.train(was_training)
 
 
+@torch.no_grad()
+def visual_hull_iou(n_views: int = 40, elevation_range: tuple[float, float] = (-10.0, 60.0),
+                    distance: float = 2.0, fovy_deg: float = 45.0, image_size: int = 128) -> dict[str, float]:
+    """IoU at 64^3 of the object's visual hull: the cell centres that project inside the object's
+    silhouette (rendered opacity > 1/2) in ``n_views`` views at evenly spread elevations and seeded
+    random azimuths. An unlit (``no-material``) recipe sees shape only through silhouettes and
+    colour edges, so this is about what its photometric fit can reach."""
+    guidance = find("reference-object-guidance")({"resolution": image_size})
+    guidance._prepare_grid(torch.device("cpu"))
+    n = IOU_RESOLUTION
+    lin = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
+    truth = ReferenceObjectGeometry({}).occupancy(pts)
+    hull = torch.ones(len(pts), dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = elevation_range
+    fovy = torch.tensor([math.radians(fovy_deg)])
+    focal = float(focal_from_fovy(image_size, fovy)[0])
+    for v in range(n_views):
+        elevation = torch.tensor([math.radians(lo + (hi - lo) * (v + 0.5) / n_views)])
+        c2w = c2w_from_spherical(elevation, torch.rand(1, generator=gen) * 2 * math.pi, torch.tensor([distance]))
+        rays_o, rays_d = rays_for_cameras(c2w, fovy, image_size, image_size)
+        silhouette = guidance.renderer(rays_o, rays_d)["opacity"][0, ..., 0] > 0.5
+        cam = (pts - c2w[0, :3, 3]) @ c2w[0, :3, :3]  # camera frame: x right, y up, looking down -z
+        col = (cam[:, 0] / -cam[:, 2] * focal + image_size / 2).floor().long().clamp(0, image_size - 1)
+        row = (image_size / 2 - cam[:, 1] / -cam[:, 2] * focal).floor().long().clamp(0, image_size - 1)
+        hull &= silhouette[row, col]
+    both = float((hull & truth).sum())
+    return {"iou": both / float((hull | truth).sum()), "precision": both / float(hull.sum()),
+            "recall": both / float(truth.sum()), "views": n_views}
+
+
 class _Probe(Callback):
     """Every ``every`` steps (and at the last): training seconds so far and :func:`measure`."""
 
@@ -157,7 +196,7 @@ def train_curve(config: str, overrides: Sequence[str], seed: int, every: int,
     )
     trainer.fit(system, dm)
     return {"config": config, "overrides": list(overrides), "seed": seed, "threads": torch.get_num_threads(),
-            "points": probe.points}
+            "level": cfg.system.geometry.isosurface_threshold, "points": probe.points}
 
 
 def _write(data: Any, path: str | None) -> None:
@@ -169,36 +208,57 @@ def _write(data: Any, path: str | None) -> None:
     os.replace(tmp, path)
 
 
+def _curve(run: dict[str, Any]) -> list[tuple[int, float, float, bool]]:
+    """``(step, seconds, IoU, is_mesh)`` of a run: the mesh IoU where measured, else the lattice
+    IoU at the run's level (fast probes)."""
+    level = f"{float(run.get('level', 10.0)):g}"
+    out = []
+    for p in run["points"]:
+        if "iou" in p:
+            out.append((p["step"], p["seconds"], p["iou"], True))
+        elif level in p.get("lattice_iou", {}):
+            out.append((p["step"], p["seconds"], p["lattice_iou"][level], False))
+    return out
+
+
 def plot(curves: Sequence[str], ceiling: str | None, png: str) -> None:
-    """IoU against training seconds of each curve file, the ceiling as a horizontal line."""
+    """IoU against training steps and seconds of each curve file (filled markers: mesh IoU; open:
+    the lattice IoU of fast probes), the ceiling as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for path in curves:
         with open(path) as f:
             runs = json.load(f)
         for run in runs if isinstance(runs, list) else [runs]:
-            pts = [p for p in run["points"] if "iou" in p]
+            pts = _curve(run)
             label = f"{run.get('label', os.path.basename(path))} seed {run['seed']}"
-            ax.plot([p["seconds"] for p in pts], [p["iou"] for p in pts], marker="o", ms=3, label=label)
+            for ax, x in zip(axes, (0, 1)):
+                line, = ax.plot([p[x] for p in pts], [p[2] for p in pts], lw=1, label=label)
+                mesh = [p for p in pts if p[3]]
+                ax.plot([p[x] for p in mesh], [p[2] for p in mesh], "o", color=line.get_color())
+                lat = [p for p in pts if not p[3]]
+                ax.plot([p[x] for p in lat], [p[2] for p in lat], "o", mfc="none", ms=4, color=line.get_color())
     if ceiling:
         with open(ceiling) as f:
             ceil = json.load(f)
-        best = max(p["iou"] for p in ceil["points"] if "iou" in p)
-        ax.axhline(best, color="k", ls="--", label=f"ceiling (photometric fit, {ceil['points'][-1]['step']} steps) "
-                                                   f"{best:.3f}")
-    ax.axhline(0.85, color="grey", ls=":", lw=1)
-    ax.set_xlabel("training wall seconds (measuring excluded)")
-    ax.set_ylabel("volume IoU at 64^3")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+        pts = _curve(ceil)
+        best = max(p[2] for p in pts)
+        for ax in axes:
+            ax.axhline(best, color="k", ls="--", label=f"ceiling: photometric fit, {pts[-1][0]} steps: {best:.3f}")
+    for ax, name in zip(axes, ("training steps", "training wall seconds (measuring excluded)")):
+        ax.axhline(0.85, color="grey", ls=":", lw=1)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("volume IoU at 64^3")
+    axes[0].set_ylim(0, 1)
+    axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=110)
     os.replace(tmp, png)
     print(f"plot written: {png}")
 
@@ -222,12 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--fast", action="store_true", help="lattice IoU only, except at the last step")
         if name == "ceiling":
             p.add_argument("--steps", type=int, default=3000)
+    p = sub.add_parser("hull")
+    p.add_argument("--views", type=int, default=40)
+    p.add_argument("--elevation", default="-10,60", help="lowest,highest elevation in degrees")
     p = sub.add_parser("plot")
     p.add_argument("curves", nargs="+")
     p.add_argument("--ceiling", default="")
     p.add_argument("--png", default="demo_quality.png")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.cmd == "hull":
+        lo, hi = (float(x) for x in args.elevation.split(","))
+        print(json.dumps(visual_hull_iou(args.views, (lo, hi))))
+        return 0
     if args.cmd == "plot":
         plot(args.curves, args.ceiling or None, args.png)
         return 0
