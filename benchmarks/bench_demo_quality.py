@@ -89,7 +89,7 @@ def lattice_ious(geometry: Any, levels: Sequence[float] = FAST_LEVELS) -> dict[s
 
 
 @torch.no_grad()
-def measure(geometry: Any, fast: bool = False) -> dict[str, Any]:
+def measure(geometry: Any, fast: bool = False, mesh_levels: Sequence[float] = ()) -> dict[str, Any]:
     """IoU at the recipe's level (0 when no surface forms there) and at the exporter's fitted level
     (``fast``: :func:`lattice_ious` only)."""
     cfg = geometry.cfg
@@ -97,9 +97,16 @@ def measure(geometry: Any, fast: bool = False) -> dict[str, Any]:
     was_training = geometry.training
     geometry.eval()
     try:
-        lattice = {"lattice_iou": lattice_ious(geometry)}
+        lattice: dict[str, Any] = {"lattice_iou": lattice_ious(geometry)}
         if fast:
             return lattice
+        if mesh_levels:  # the mesh IoU at other levels: the lattice IoU misjudges what clean-up removes
+            lattice["mesh_iou_at"] = {}
+            for level in mesh_levels:
+                try:
+                    lattice["mesh_iou_at"][f"{level:g}"] = _mesh_iou(geometry, level, resolution)
+                except IsosurfaceError:
+                    lattice["mesh_iou_at"][f"{level:g}"] = 0.0
         try:
             return {"iou": _mesh_iou(geometry, cfg.isosurface_threshold, resolution), "surface": True, **lattice}
         except IsosurfaceError:
@@ -145,8 +152,8 @@ def visual_hull_iou(n_views: int = 40, elevation_range: tuple[float, float] = (-
 class _Probe(Callback):
     """Every ``every`` steps (and at the last): training seconds so far and :func:`measure`."""
 
-    def __init__(self, every: int, max_steps: int, fast: bool = False) -> None:
-        self.every, self.max_steps, self.fast = every, max_steps, fast
+    def __init__(self, every: int, max_steps: int, fast: bool = False, mesh_levels: Sequence[float] = ()) -> None:
+        self.every, self.max_steps, self.fast, self.mesh_levels = every, max_steps, fast, tuple(mesh_levels)
         self.points: list[dict[str, Any]] = []
         self.start = 0.0
         self.paused = 0.0
@@ -159,7 +166,8 @@ class _Probe(Callback):
         if step % self.every and step != self.max_steps:
             return
         t0 = time.perf_counter()
-        point = {"step": step, "seconds": round(t0 - self.start - self.paused, 2), **measure(pl_module.geometry, self.fast and step != self.max_steps)}
+        point = {"step": step, "seconds": round(t0 - self.start - self.paused, 2), **measure(pl_module.geometry, self.fast and step != self.max_steps,
+                                  self.mesh_levels if step == self.max_steps else ())}
         self.points.append(point)
         print(json.dumps(point), flush=True)
         self.paused += time.perf_counter() - t0
@@ -179,7 +187,8 @@ class PhotometricFit(SDSSystem):
 
 
 def train_curve(config: str, overrides: Sequence[str], seed: int, every: int,
-                system_cls: type | None = None, fast: bool = False) -> dict[str, Any]:
+                system_cls: type | None = None, fast: bool = False,
+                mesh_levels: Sequence[float] = ()) -> dict[str, Any]:
     """Train ``config`` (+ ``overrides``) with ``seed`` and return its IoU-vs-seconds curve."""
     cfg = load_config(config, [*overrides, f"seed={seed}", "exp_root_dir=/tmp/bench-demo-quality"])
     max_steps = int(cfg.trainer.max_steps)
@@ -187,7 +196,7 @@ def train_curve(config: str, overrides: Sequence[str], seed: int, every: int,
     dm = find(cfg.data_type)(cfg.data)
     system = (system_cls or find(cfg.system_type))(cfg.system)
     system.prepare_prior()
-    probe = _Probe(every, max_steps, fast)
+    probe = _Probe(every, max_steps, fast, mesh_levels)
     trainer = pl.Trainer(
         accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, max_steps=max_steps,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -280,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--every", type=int, default=50)
         p.add_argument("--fast", action="store_true", help="lattice IoU only, except at the last step")
+        p.add_argument("--mesh-levels", default="", help="also the final mesh IoU at these levels, e.g. 5,10,20")
         if name == "ceiling":
             p.add_argument("--steps", type=int, default=3000)
     p = sub.add_parser("hull")
@@ -300,20 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    levels = [float(x) for x in args.mesh_levels.split(",") if x]
     if args.cmd == "ceiling":
         overrides = [f"trainer.max_steps={args.steps}", *args.overrides]
-        run = train_curve(args.config, overrides, args.seed, args.every, PhotometricFit, args.fast)
+        run = train_curve(args.config, overrides, args.seed, args.every, PhotometricFit, args.fast, levels)
         run["label"] = args.label or "ceiling"
         _write(run, args.out)
         return 0
     if args.cmd == "curve":
-        run = train_curve(args.config, args.overrides, args.seed, args.every, fast=args.fast)
+        run = train_curve(args.config, args.overrides, args.seed, args.every, fast=args.fast, mesh_levels=levels)
         run["label"] = args.label or args.config
         _write(run, args.out)
         return 0
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        run = train_curve(args.config, args.overrides, seed, args.every, fast=args.fast)
+        run = train_curve(args.config, args.overrides, seed, args.every, fast=args.fast, mesh_levels=levels)
         run["label"] = args.label or args.config
         runs.append(run)
         _write(runs, args.out)
