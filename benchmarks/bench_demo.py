@@ -8,6 +8,8 @@ optimisation steps after a few warm-up steps (no validation, no checkpoints).
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 import warnings
 
@@ -37,7 +39,7 @@ def measure(res: int, steps: int, warmup: int = 5) -> float:
     cfg = load_config(
         "demo.yaml",
         [f"data.height={res}", f"data.width={res}", "data.resolution_milestones=[]",
-         f"trainer.max_steps={steps + warmup}", "exp_root_dir=/tmp/bench-demo"],
+         f"trainer.max_steps={steps + warmup}", f"exp_root_dir={os.path.join(tempfile.gettempdir(), 'bench-demo')}"],
     )
     pl.seed_everything(0, verbose=False)
     dm = find(cfg.data_type)(cfg.data)

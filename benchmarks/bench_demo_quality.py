@@ -28,6 +28,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -190,7 +191,7 @@ def train_curve(config: str, overrides: Sequence[str], seed: int, every: int,
                 system_cls: type | None = None, fast: bool = False,
                 mesh_levels: Sequence[float] = ()) -> dict[str, Any]:
     """Train ``config`` (+ ``overrides``) with ``seed`` and return its IoU-vs-seconds curve."""
-    cfg = load_config(config, [*overrides, f"seed={seed}", "exp_root_dir=/tmp/bench-demo-quality"])
+    cfg = load_config(config, [*overrides, f"seed={seed}", f"exp_root_dir={os.path.join(tempfile.gettempdir(), 'bench-demo-quality')}"])
     max_steps = int(cfg.trainer.max_steps)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = find(cfg.data_type)(cfg.data)
