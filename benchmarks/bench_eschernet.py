@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import time_training  # noqa: E402
+from benchmarks.common import bench_weights, time_training  # noqa: E402
 from threestudio_like.config import load_config  # noqa: E402
 
 SHARED_IMAGE = os.path.join(
@@ -83,10 +83,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        weights = args.weights
-        if weights == "full-random":
-            print("Writing a full-size random EscherNet ...")
-            weights = write_full_random(os.path.join(root, "eschernet-full-random"))
+        weights = bench_weights(args.weights, root, "EscherNet", write_full_random)
         for size in args.sizes:
             for n_refs in args.references:
                 bench(args.config, weights, args.image, n_refs, size, args.steps, root)

@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import time_training  # noqa: E402
+from benchmarks.common import bench_weights, time_training  # noqa: E402
 from threestudio_like.config import load_config  # noqa: E402
 
 CLIP_VIT_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -68,10 +68,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        weights = args.weights
-        if weights == "full-random":
-            print("Writing a full-size random LDM3D-4c ...")
-            weights = write_full_random(os.path.join(root, "ldm3d-full-random"))
+        weights = bench_weights(args.weights, root, "LDM3D-4c", write_full_random)
         bench(weights, args.steps, args.warmup, root)
 
 

@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import time_training  # noqa: E402
+from benchmarks.common import bench_weights, time_training  # noqa: E402
 from threestudio_like.config import load_config  # noqa: E402
 
 
@@ -70,10 +70,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        weights = args.weights
-        if weights == "full-random":
-            print("Writing a full-size random MVDream ...")
-            weights = write_full_random(os.path.join(root, "mvdream-full-random"))
+        weights = bench_weights(args.weights, root, "MVDream", write_full_random)
         for size in args.sizes:
             bench(weights, size, 8 if size <= 64 else 4, args.steps, root)
 

@@ -17,7 +17,7 @@ Shared by the ``single-image-datamodule`` (:mod:`.image`), its posed references
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,27 @@ ZERO123_OBJECT_FRACTION = 200.0 / 256.0
 """Zero-1-to-3's framing: the object's longer side spans 200 of 256 pixels."""
 
 
+OBJECT_IMAGE_HINT = ("set data.image_path (or pass image=path/to/object.png), or give several posed images "
+                     "with data.references (references=path/to/views.yaml)")
+
+
+def open_image(path: str, what: str, hint: str = OBJECT_IMAGE_HINT, missing_hint: str = "") -> Any:
+    """The PIL image at ``path``, fully read; :class:`ImageLoadError` names a missing path (with
+    ``hint``: how to pass one), a missing file (followed by ``missing_hint``) and an unreadable one."""
+    from PIL import Image
+
+    if not path:
+        raise ImageLoadError(f"No {what} given: {hint}.")
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"{what.capitalize()} not found: {os.path.abspath(path)}.{missing_hint}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as exc:  # truncated or not an image
+        raise ImageLoadError(f"Could not read the {what} {path}: {exc}.") from None
+    return img
+
+
 def load_rgba(image_path: str, mask_path: Optional[str] = None) -> Tensor:
     """Straight RGBA ``[H, W, 4]`` float in [0, 1] from an RGBA image or an RGB image + mask.
 
@@ -37,23 +58,6 @@ def load_rgba(image_path: str, mask_path: Optional[str] = None) -> Tensor:
     level) replaces the image's alpha. Raises :class:`ImageLoadError` for a missing or
     unreadable file, an image without alpha and no mask, a fully opaque alpha and an empty mask.
     """
-    from PIL import Image
-
-    def open_image(path: str, what: str) -> "Image.Image":
-        if not path:
-            raise ImageLoadError(
-                f"No {what} given: set data.image_path (or pass image=path/to/object.png), or give "
-                f"several posed images with data.references (references=path/to/views.yaml)."
-            )
-        if not os.path.isfile(path):
-            raise ImageLoadError(f"{what.capitalize()} not found: {os.path.abspath(path)}.")
-        try:
-            img = Image.open(path)
-            img.load()
-        except Exception as exc:  # truncated or not an image
-            raise ImageLoadError(f"Could not read the {what} {path}: {exc}.") from None
-        return img
-
     img = open_image(image_path, "image")
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from threestudio_like import find
-from threestudio_like.errors import ConfigError, ImageLoadError
+from threestudio_like.data.image_io import composite, open_image
+from threestudio_like.errors import ConfigError
 from threestudio_like.guidance.distillation import classifier_free_guidance
 from threestudio_like.guidance.latent_diffusion import UNetBranch
 from threestudio_like.hawki import mutual_info as MI
@@ -34,22 +35,15 @@ from threestudio_like.hawki.sources import ViewRequest, make_guidance_image
 from threestudio_like.models.builders import make_ddim_scheduler, seeded
 from threestudio_like.sampling.ddim import ddim_sample
 from threestudio_like.utils.files import atomic_path
+from threestudio_like.utils.saving import save_image
 
 
 def load_photo(path: str) -> Tensor:
     """The photo as ``[H, W, 3]`` float in [0, 1] (alpha composited on white)."""
-    from PIL import Image
-
-    if not path or not os.path.isfile(path):
-        raise ImageLoadError(f"Image not found: {os.path.abspath(path) if path else '(none given)'}. "
-                             f"Pass the photo with image=path/to/photo.png.")
-    try:
-        with Image.open(path) as img:
-            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    except Exception as exc:  # truncated, or not an image at all
-        raise ImageLoadError(f"Could not read the image {path}: {exc}.") from None
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    return torch.from_numpy(np.ascontiguousarray(rgb * alpha + (1.0 - alpha)))
+    img = open_image(path, "image", "pass the photo with image=path/to/photo.png",
+                     missing_hint=" Pass the photo with image=path/to/photo.png.")
+    rgba = torch.from_numpy(np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0)
+    return composite(rgba).contiguous()
 
 
 @torch.no_grad()
@@ -118,11 +112,8 @@ def sample_aerial(guidance: Any, text: Tensor, uncond: Tensor, target: Tensor, s
 
 def save_png(path: str, image: Tensor | np.ndarray) -> str:
     """``[H, W, 3]`` in [0, 1] (or uint8) -> PNG, written atomically."""
-    from PIL import Image
-
-    array = image if isinstance(image, np.ndarray) else (image.detach().float().cpu().clamp(0, 1).numpy() * 255).round()
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="PNG")
+        save_image(tmp, image)
     return path
 
 
