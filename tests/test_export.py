@@ -120,6 +120,39 @@ def test_cleanup_drops_floaters_and_decimates_without_losing_the_shape():
     assert cleanup.clean_mesh(verts, faces, keep_share=1.0, target_faces=0)[2].components_after == 4
 
 
+def test_the_walls_of_internal_cavities_are_dropped_so_the_mesh_is_solid():
+    """A distilled density is an opaque shell with an untrained inside: its level set has an
+    inward-facing inner wall. Clean-up drops it (and only it), so the exported mesh is solid."""
+    import trimesh
+
+    from threestudio_like.geometry.isosurface import marching_cubes
+
+    def shell(x):  # dense between radius 0.4 and 0.6, empty inside and out
+        r = x.norm(dim=-1)
+        return 100.0 * ((r > 0.4) & (r < 0.6)).float()
+
+    verts, faces = (t.numpy() for t in marching_cubes(shell, 48, -1.0, 1.0, 50.0))
+    hollow = trimesh.Trimesh(verts, faces, process=False)
+    assert cleanup.face_components(faces, len(verts))[1] == 2
+    v, f, report = cleanup.clean_mesh(verts, faces, target_faces=0)
+    solid = trimesh.Trimesh(v, f, process=False)
+    assert report.cavities_filled == 1 and report.components_after == 1
+    assert "1 internal cavities filled" in report.summary()
+    assert solid.is_watertight and solid.volume > 0
+
+    def ball(x):
+        return x.norm(dim=-1) < 0.6
+
+    assert volume_iou(hollow, ball, resolution=40) < 0.8  # the void counts as outside
+    assert volume_iou(solid, ball, resolution=40) > 0.95
+    # kept when asked, and never judged on a component that is open (its volume depends on the origin)
+    assert cleanup.clean_mesh(verts, faces, target_faces=0, cavities=False)[2].components_after == 2
+    is_inner = np.linalg.norm(verts[faces].mean(1), axis=1) < 0.5
+    opened = np.concatenate([faces[~is_inner], faces[is_inner][1:]])  # the inner wall with one face cut out
+    assert cleanup.drop_cavities(verts, faces)[2] == 1
+    assert cleanup.drop_cavities(verts, opened)[2] == 0
+
+
 def test_slivers_pinched_off_by_decimation_are_dropped(monkeypatch):
     import trimesh
 

@@ -6,6 +6,12 @@
   over its triangles (the divergence theorem; exact for a closed component), or by its area.
   Components are kept largest first until they hold ``keep_share`` of the total, so a 95% share
   drops the small pieces that a distilled density leaves floating around the object.
+* **Cavities**: a closed component whose signed volume is negative faces inwards: it is the wall
+  of a hollow inside the object. A distilled density is an opaque shell whose inside gets no
+  gradient, so its inner level set often encloses such voids; they are invisible from outside,
+  double the hidden face count and make the asset hollow (wrong for 3D printing, physics and
+  volume measures), so they are dropped and the mesh is solid. Open components (cut by the box)
+  are never judged: their signed volume depends on the origin.
 * **Holes**: every boundary loop (edges used by one face) is closed by a fan to the loop's
   centroid. A boundary edge ``a -> b`` of a face gets the triangle ``(b, a, centroid)``, which
   runs the edge the other way, so the patch keeps the mesh's orientation without ordering the
@@ -40,10 +46,14 @@ class CleanupReport:
     measure: str
     holes_filled: int = 0
     decimated: bool = False
+    cavities_filled: int = 0
+    """Closed inward-facing components (walls of internal voids) dropped."""
 
     def summary(self) -> str:
         """One line for the run's output."""
         holes = f", {self.holes_filled} holes filled" if self.holes_filled else ""
+        if self.cavities_filled:
+            holes += f", {self.cavities_filled} internal cavities filled"
         return (
             f"mesh clean-up: {self.faces_before} -> {self.faces_after} faces, "
             f"{self.components_before} -> {self.components_after} components "
@@ -83,12 +93,40 @@ def component_measures(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarr
     """Enclosed volume (``measure="volume"``) or area of each of the ``n`` components."""
     tri = vertices[faces].astype(np.float64)
     if measure == "volume":
-        per_face = np.einsum("fd,fd->f", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) / 6.0
-        return np.abs(np.bincount(labels, weights=per_face, minlength=n))
+        return np.abs(signed_volumes(vertices, faces, labels, n))
     if measure == "area":
         per_face = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
         return np.bincount(labels, weights=per_face, minlength=n)
     raise ValueError(f"measure must be 'volume' or 'area', got {measure!r}.")
+
+
+def signed_volumes(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Signed enclosed volume of each of the ``n`` components (positive: faces point outwards)."""
+    tri = vertices[faces].astype(np.float64)
+    per_face = np.einsum("fd,fd->f", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) / 6.0
+    return np.bincount(labels, weights=per_face, minlength=n)
+
+
+def closed_components(faces: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``[n]`` bool: the components none of whose edges is used by one face only."""
+    edges = np.sort(np.stack([faces, np.roll(faces, -1, axis=1)], axis=-1).reshape(-1, 2), axis=1)
+    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
+    open_edge = counts[inverse.reshape(-1)] == 1
+    open_faces = open_edge.reshape(-1, 3).any(axis=1)
+    return np.bincount(labels, weights=open_faces, minlength=n) == 0
+
+
+def drop_cavities(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Drop the closed components with negative signed volume (walls of internal voids); returns
+    the mesh and how many were dropped."""
+    labels, n = face_components(faces, len(vertices))
+    if n <= 1:
+        return vertices, faces, 0
+    cavity = (signed_volumes(vertices, faces, labels, n) < 0) & closed_components(faces, labels, n)
+    if not cavity.any() or cavity.all():
+        return vertices, faces, 0
+    verts, kept = remove_unreferenced(vertices, faces[~cavity[labels]])
+    return verts, kept, int(cavity.sum())
 
 
 def remove_unreferenced(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -176,12 +214,18 @@ def clean_mesh(
     measure: str = "volume",
     holes: bool = False,
     target_faces: int = 20000,
+    cavities: bool = True,
 ) -> Tuple[np.ndarray, np.ndarray, CleanupReport]:
-    """Floaters off (``keep_share`` of ``measure``), holes closed (``holes``), decimation to
-    ``target_faces`` (0: none); returns ``(vertices, faces, report)``."""
+    """Internal cavities filled (``cavities``), floaters off (``keep_share`` of ``measure``),
+    holes closed (``holes``), decimation to ``target_faces`` (0: none); returns
+    ``(vertices, faces, report)``."""
     faces = np.asarray(faces, dtype=np.int64)
     faces_before = len(faces)
-    verts, faces, comps_before, _, share = keep_largest(vertices, faces, keep_share, measure)
+    comps_before = face_components(faces, len(vertices))[1]
+    n_cavities = 0
+    if cavities:  # before the floater pass, whose shares would otherwise count the voids' walls
+        vertices, faces, n_cavities = drop_cavities(vertices, faces)
+    verts, faces, _, _, share = keep_largest(vertices, faces, keep_share, measure)
     n_holes = 0
     if holes:
         verts, faces, n_holes = fill_holes(verts, faces)
@@ -192,5 +236,5 @@ def clean_mesh(
         verts, faces, *_ = keep_largest(verts, faces, keep_share, measure)
     comps_after = face_components(faces, len(verts))[1]
     report = CleanupReport(faces_before, len(faces), comps_before, comps_after, share, measure,
-                           n_holes, decimated)
+                           n_holes, decimated, n_cavities)
     return verts, faces, report

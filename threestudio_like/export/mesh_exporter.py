@@ -91,6 +91,8 @@ class MeshExporter(BaseObject):
         """What keep_volume_share measures: enclosed volume or surface area."""
         fill_holes: bool = False
         """Close boundary loops (open cuts at the box's faces) with fans."""
+        fill_cavities: bool = True
+        """Drop the inward-facing walls of voids inside the object, so the mesh is solid."""
         target_faces: int = 20000
         """Quadric decimation to at most this many faces; 0: no decimation."""
         bake_texture: bool = True
@@ -212,7 +214,7 @@ class MeshExporter(BaseObject):
         lap("isosurface")
         verts, faces, clean = cleanup.clean_mesh(
             verts_t.detach().cpu().numpy(), faces_t.detach().cpu().numpy(), cfg.keep_volume_share,
-            cfg.keep_measure, cfg.fill_holes, cfg.target_faces,
+            cfg.keep_measure, cfg.fill_holes, cfg.target_faces, cfg.fill_cavities,
         )
         print(clean.summary())
         normals = cleanup.vertex_normals(verts, faces)
