@@ -31,6 +31,21 @@ from threestudio_like.reference import modes as M
 from threestudio_like.reference.object import ReferenceObjectGeometry
 
 
+CRISP_SURFACE = {"softness": 0.001, "density_scale": 3000.0}
+"""The rendered object's density: a 0.001-wide transition to 3000. The geometry's own default
+(0.01 to 200) is soft enough to fatten what the renders show: a grazing ray at distance d from a
+part of radius R meets an optical depth of about ``200 sqrt(2 pi R 0.01) exp(-d / 0.01)``, so the
+silhouette (opacity 1/2) lies 0.037 outside the surface for R = 0.3, more than a cell of the 64^3
+IoU lattice. The object's visual hull from 40 views then has IoU 0.736 with the object itself;
+with this surface it has 0.971, so a reconstruction that matches the renders also matches the
+occupancy it is measured against."""
+
+SURFACE_BAND_CELLS = 1.5
+"""The reference renderer's occupancy grid marks every cell within this many cell half-diagonals
+(plus the transition's width) of the surface, and skips those deeper inside: a ray that reaches
+them has already crossed the opaque surface."""
+
+
 @register("reference-object-guidance")
 class ReferenceObjectGuidance(BaseGuidance):
     """Exact-denoiser prior over renders of the bundled reference object (no weights).
@@ -56,14 +71,16 @@ class ReferenceObjectGuidance(BaseGuidance):
         """camera-conditioned | unconditioned | view-binned | multi-view-joint (see the class doc)."""
         resolution: int = 64
         """Renders are resized to this square size before noising (the prior's image space)."""
-        num_samples_per_ray: int = 256
-        """Step-size setting of the renderer that renders the reference object."""
+        num_samples_per_ray: int = 2048
+        """Step-size setting of the renderer that renders the reference object (step 2 sqrt(3) / n:
+        0.0017 at 2048, fine enough for the crisp default surface)."""
         background_color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
         """Background of the reference renders: must match the system's background."""
         render_chunk: int = 65536
         """Rays per chunk when rendering the reference object."""
-        geometry: dict = field(default_factory=dict)
-        """Overrides for the reference-object geometry (density_scale, softness)."""
+        geometry: dict = field(default_factory=lambda: dict(CRISP_SURFACE))
+        """Overrides for the rendered reference-object geometry; default a crisp surface (see
+        CRISP_SURFACE), so the renders show the object the IoU measures."""
         channels: Literal["rgb", "rgbd"] = "rgb"
         """rgb | rgbd: the prior's images are colour plus depth in LDM3D's convention (relative inverse
         depth normalised per image, background far), as an RGBD prior such as LDM3D sees them."""
@@ -141,6 +158,9 @@ class ReferenceObjectGuidance(BaseGuidance):
             torch.manual_seed(0)
             for _ in range(4):
                 renderer.update_occupancy_grid(0, force=True)
+        # Random points can miss the sliver of a crisp surface in a cell; the distances cannot.
+        near, deep = _surface_band(renderer)
+        renderer.estimator.binaries = (renderer.estimator.binaries | near) & ~deep
 
     def _prepare_grid(self, device: torch.device) -> None:
         if self._grid_ready_for == device:
@@ -310,3 +330,20 @@ def _tile(x: Optional[Tensor], k: int) -> Optional[Tensor]:
     if x is None:
         return None
     return x.repeat(k, *([1] * (x.dim() - 1)))
+
+
+@torch.no_grad()
+def _surface_band(renderer: Any) -> Tuple[Tensor, Tensor]:
+    """``(near, deep)`` cells of the renderer's occupancy grid (shaped as ``estimator.binaries``):
+    ``|sdf(centre)|`` within the margin, and ``sdf(centre)`` below minus the margin. The margin is
+    :data:`SURFACE_BAND_CELLS` half-diagonals, plus twelve transition widths (where the density is
+    1/(1 + e^12) of its scale) and the ripple's amplitude."""
+    estimator, geometry = renderer.estimator, renderer.geometry
+    low, high = estimator.aabbs[0, :3], estimator.aabbs[0, 3:]
+    cell = (high - low) / estimator.resolution
+    centres = low + (estimator.grid_coords.to(low.dtype) + 0.5) * cell
+    margin = (SURFACE_BAND_CELLS * 0.5 * float(cell.norm()) + 12.0 * float(geometry.cfg.softness)
+              + abs(float(geometry.cfg.ripple)))
+    sdf = torch.cat([geometry.sdf(c)[0] for c in centres.split(65536)])
+    shape = estimator.binaries.shape
+    return (sdf.abs() <= margin).view(shape), (sdf < -margin).view(shape)
