@@ -16,7 +16,9 @@ plain MSE for many steps; its IoU is what the representation and the export leve
 ``curve`` trains a recipe as ``launch.py`` does (same seeding per step) and, every ``--every``
 steps, extracts the surface as the exporter does (marching cubes at the recipe's resolution and
 level, then the same clean-up) and measures its volume IoU at 64^3 against the object's own
-occupancy (the known-answer measure of the tests). The measuring time is kept off the clock:
+occupancy (the known-answer measure of the tests); with ``--mesh-levels`` the last point also
+records ``iou_hollow``, the IoU with the walls of internal voids kept (clean-up before
+``fill_cavities``). The measuring time is kept off the clock:
 the curve's seconds are training seconds. A level the density never reaches counts as IoU 0 (no
 surface); the IoU at the exporter's fitted level is recorded beside it.
 """
@@ -58,10 +60,12 @@ IOU_RESOLUTION = 64
 """Lattice of the volume IoU (as tests/conftest.py's known answer)."""
 
 
-def _mesh_iou(geometry: Any, threshold: Any, resolution: int) -> float:
-    """IoU at 64^3 of the cleaned isosurface at ``threshold`` (raises IsosurfaceError on a miss)."""
+def _mesh_iou(geometry: Any, threshold: Any, resolution: int, cavities: bool = True) -> float:
+    """IoU at 64^3 of the cleaned isosurface at ``threshold`` (raises IsosurfaceError on a miss);
+    ``cavities=False`` keeps the walls of internal voids (the exporter's ``fill_cavities: false``)."""
     verts, faces = geometry.isosurface(resolution=resolution, threshold=threshold)
-    verts, faces, _ = cleanup.clean_mesh(verts.detach().cpu().numpy(), faces.detach().cpu().numpy())
+    verts, faces, _ = cleanup.clean_mesh(verts.detach().cpu().numpy(), faces.detach().cpu().numpy(),
+                                         cavities=cavities)
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
     return volume_iou(mesh, ReferenceObjectGeometry({}).occupancy, resolution=IOU_RESOLUTION)
 
@@ -101,7 +105,11 @@ def measure(geometry: Any, fast: bool = False, mesh_levels: Sequence[float] = ()
         lattice: dict[str, Any] = {"lattice_iou": lattice_ious(geometry)}
         if fast:
             return lattice
-        if mesh_levels:  # the mesh IoU at other levels: the lattice IoU misjudges what clean-up removes
+        if mesh_levels:  # the final point: the hollow mesh's IoU too, and the IoU at other levels
+            try:
+                lattice["iou_hollow"] = _mesh_iou(geometry, cfg.isosurface_threshold, resolution, cavities=False)
+            except IsosurfaceError:
+                lattice["iou_hollow"] = 0.0
             lattice["mesh_iou_at"] = {}
             for level in mesh_levels:
                 try:
