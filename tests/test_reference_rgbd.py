@@ -77,16 +77,19 @@ def _demo_iou(tmp_path, name, *extra):
 @pytest.mark.slow
 def test_rgbd_distillation_matches_or_beats_rgb_and_a_broken_convention_fails(tmp_path):
     """Same steps and resolution as the RGB known-answer test (32 px, 300 steps). Measured on 2
-    CPU cores: RGBD 0.691, RGB 0.625, RGBD with the metric (wrong) depth convention 0.390, the
-    untrained blob 0.285 (volume IoU at 64^3); about 25 minutes on a loaded machine."""
+    idle CPU cores with the crisp reference renders: RGBD 0.894, RGB 0.912, RGBD with the metric
+    (wrong) depth convention 0.655, the untrained blob 0.285 (volume IoU at 64^3); 2 minutes.
+    (With the earlier soft renders: 0.691, 0.625, 0.390.) Both right conventions now sit near the
+    photometric-fit ceiling (0.909), where depth has nothing left to add: RGBD must match RGB
+    within 0.03, and the wrong convention must fall far below both."""
     rgbd = _demo_iou(tmp_path, "rgbd", "system.guidance.channels=rgbd")
     rgb = _demo_iou(tmp_path, "rgb")
     metric = _demo_iou(tmp_path, "metric", "system.guidance.channels=rgbd", "system.guidance.depth_convention=metric")
     print(f"volume IoU at 64^3 after 300 steps: rgbd {rgbd:.3f}, rgb {rgb:.3f}, rgbd with metric depth {metric:.3f}")
-    assert rgbd >= rgb - 0.02
+    assert rgbd >= rgb - 0.03
     assert rgbd >= RGBD_IOU_BOUND > metric
 
 
-RGBD_IOU_BOUND = 0.6
-"""Lower bound of the RGBD known answer: measured 0.691 with LDM3D's depth convention, 0.390 with
+RGBD_IOU_BOUND = 0.8
+"""Lower bound of the RGBD known answer: measured 0.894 with LDM3D's depth convention, 0.655 with
 the metric one (which this bound must fail)."""
