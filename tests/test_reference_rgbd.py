@@ -79,7 +79,7 @@ def test_rgbd_distillation_matches_or_beats_rgb_and_a_broken_convention_fails(tm
     """Same steps and resolution as the RGB known-answer test (32 px, 300 steps). Measured on 2
     idle CPU cores with the crisp reference renders: RGBD 0.894, RGB 0.912, RGBD with the metric
     (wrong) depth convention 0.655, the untrained blob 0.285 (volume IoU at 64^3); 2 minutes.
-    (With the earlier soft renders: 0.691, 0.625, 0.390.) Both right conventions now sit near the
+    (With the earlier soft renders: 0.769, 0.682, 0.431.) Both right conventions now sit near the
     photometric-fit ceiling (0.909), where depth has nothing left to add: RGBD must match RGB
     within 0.03, and the wrong convention must fall far below both."""
     rgbd = _demo_iou(tmp_path, "rgbd", "system.guidance.channels=rgbd")
