@@ -91,10 +91,10 @@ def face_components(faces: np.ndarray, n_vertices: int) -> Tuple[np.ndarray, int
 def component_measures(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, n: int,
                        measure: str) -> np.ndarray:
     """Enclosed volume (``measure="volume"``) or area of each of the ``n`` components."""
-    tri = vertices[faces].astype(np.float64)
     if measure == "volume":
         return np.abs(signed_volumes(vertices, faces, labels, n))
     if measure == "area":
+        tri = vertices[faces].astype(np.float64)
         per_face = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
         return np.bincount(labels, weights=per_face, minlength=n)
     raise ValueError(f"measure must be 'volume' or 'area', got {measure!r}.")
@@ -107,12 +107,17 @@ def signed_volumes(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, 
     return np.bincount(labels, weights=per_face, minlength=n)
 
 
+def directed_edges(faces: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(edges [3F, 2], boundary [3F])``: each face's edges in its winding order (face ``f``'s at
+    rows ``3f .. 3f + 2``), and whether another face shares the edge (False: a boundary edge)."""
+    directed = np.stack([faces, np.roll(faces, -1, axis=1)], axis=-1).reshape(-1, 2)
+    _, inverse, counts = np.unique(np.sort(directed, axis=1), axis=0, return_inverse=True, return_counts=True)
+    return directed, counts[inverse.reshape(-1)] == 1
+
+
 def closed_components(faces: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """``[n]`` bool: the components none of whose edges is used by one face only."""
-    edges = np.sort(np.stack([faces, np.roll(faces, -1, axis=1)], axis=-1).reshape(-1, 2), axis=1)
-    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
-    open_edge = counts[inverse.reshape(-1)] == 1
-    open_faces = open_edge.reshape(-1, 3).any(axis=1)
+    open_faces = directed_edges(faces)[1].reshape(-1, 3).any(axis=1)
     return np.bincount(labels, weights=open_faces, minlength=n) == 0
 
 
@@ -159,10 +164,8 @@ def keep_largest(vertices: np.ndarray, faces: np.ndarray, share: float, measure:
 
 def fill_holes(vertices: np.ndarray, faces: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
     """Close every boundary loop with a fan to its centroid; returns the mesh and the loop count."""
-    directed = np.stack([faces, np.roll(faces, -1, axis=1)], axis=-1).reshape(-1, 2)
-    key = np.sort(directed, axis=1)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    boundary = directed[counts[inverse.reshape(-1)] == 1]
+    directed, on_boundary = directed_edges(faces)
+    boundary = directed[on_boundary]
     if len(boundary) == 0:
         return vertices, faces, 0
     # loops: components of the boundary edges (as 2-vertex "faces" for face_components)
